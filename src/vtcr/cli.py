@@ -1,0 +1,46 @@
+"""The `vtcr` command line: a thin shell over the library.
+
+Each verb lives in `vtcr/commands/<verb>.py` and exposes `register(subparsers)`, which adds its
+parser and sets `func(args) -> int`. Command modules import heavy libraries (torch, transformers)
+inside `func`, so `vtcr --help` and light verbs start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Order here is the order of `vtcr --help`: the pipeline, left to right.
+COMMAND_MODULES = (
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vtcr", description="Vision-text compressed reasoning (VTC-R1).")
+    parser.add_argument("--version", action="version", version=f"vtcr {__import__('vtcr').__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="VERB")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"vtcr.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("vtcr: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        # Library errors name the bad input; show them without a traceback.
+        print(f"vtcr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Render text into optical memory: page images, in memory, deterministic.
+
+    from vtcr.render import preset, Renderer
+    pages = Renderer(preset("dense")).render(text)      # list[PIL.Image.Image]
+
+Backends (one interface, the same layout for `vtcr1`):
+  fast       our layout engine + glyph-cache rasteriser (default; no system packages)
+  reportlab  reportlab PDF rasterised in-process by pypdfium2
+  reference  reportlab PDF rasterised by poppler's pdftoppm: the paper's pipeline (needs poppler-utils)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from .config import RenderConfig
+from .layout import LayoutEngine, is_blank
+from .presets import PRESETS, preset
+
+BACKENDS = ("fast", "reportlab", "reference")
+DEFAULT_BACKEND = "fast"
+
+__all__ = [
+    "BACKENDS", "DEFAULT_BACKEND", "PRESETS", "RenderConfig", "Renderer", "get_renderer", "iter_pages",
+    "png_bytes", "preset", "render_text", "save_pages", "save_png",
+]
+
+
+class Renderer:
+    """Renders text with one config and backend. Reuse it: it caches word widths and glyph bitmaps."""
+
+    def __init__(self, config: RenderConfig | None = None, backend: str = DEFAULT_BACKEND):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown render backend {backend!r}; choose one of {list(BACKENDS)}")
+        self.config = config or preset("dense")
+        self.backend = backend
+        self.config.resolved_font_path()  # fail early on a missing font
+        if backend == "fast":
+            from .raster_fast import FastRasterizer
+
+            self._layout = LayoutEngine(self.config)
+            self._raster = FastRasterizer(self.config, self._layout.font.width)
+
+    def iter_pages(self, text: str) -> Iterator[Image.Image]:
+        """Pages one at a time (memory stays bounded for any text length). Blank text yields nothing."""
+        if not isinstance(text, str):
+            raise ValueError(f"text to render must be a str, got {type(text).__name__}")
+        if is_blank(text):
+            return iter(())
+        return _crop_pages(self._raw_pages(text), self.config)
+
+    def render(self, text: str) -> list[Image.Image]:
+        return list(self.iter_pages(text))
+
+    def _raw_pages(self, text: str) -> Iterator[Image.Image]:
+        if self.backend == "fast":
+            for page in self._layout.pages(text):
+                yield self._raster.render(page)
+            return
+        from .pdf import build_pdf, rasterize_pdfium, rasterize_pdftoppm
+
+        pdf = build_pdf(text, self.config)
+        raster = rasterize_pdfium if self.backend == "reportlab" else rasterize_pdftoppm
+        yield from raster(pdf, self.config.dpi)
+
+
+@lru_cache(maxsize=8)
+def get_renderer(config: RenderConfig | None = None, backend: str = DEFAULT_BACKEND) -> Renderer:
+    """A shared Renderer per (config, backend): its caches only speed things up, never change output."""
+    return Renderer(config, backend)
+
+
+def render_text(text: str, config: RenderConfig | None = None, backend: str = DEFAULT_BACKEND) -> list[Image.Image]:
+    return get_renderer(config or preset("dense"), backend).render(text)
+
+
+def iter_pages(text: str, config: RenderConfig | None = None, backend: str = DEFAULT_BACKEND) -> Iterator[Image.Image]:
+    return get_renderer(config or preset("dense"), backend).iter_pages(text)
+
+
+# ---- the reference's post-processing: horizontal scale and auto-crop -----------------------------
+
+def _crop_pages(pages: Iterable[Image.Image], cfg: RenderConfig) -> Iterator[Image.Image]:
+    """Apply horizontal-scale and auto-crop to each page; the last page is known by looking one ahead."""
+    it = iter(pages)
+    current = next(it, None)
+    while current is not None:
+        following = next(it, None)
+        yield postprocess_page(current, cfg, is_last=following is None)
+        current = following
+
+
+def postprocess_page(img: Image.Image, cfg: RenderConfig, *, is_last: bool) -> Image.Image:
+    """The reference's rules: scale width; crop right to the last ink column + margin-x (every page
+    with auto-crop-width), and the last page's bottom to the last ink row + margin-y."""
+    if cfg.horizontal_scale != 1.0:
+        img = img.resize((int(img.width * cfg.horizontal_scale), img.height))
+    crop_last = cfg.auto_crop_last_page and is_last
+    if not (cfg.auto_crop_width or crop_last):
+        return img
+    gray = np.asarray(img.convert("L"), dtype=np.int16)
+    background = np.median(gray[:2, :2])
+    ink = np.abs(gray - background) > 5
+    width, height = img.width, img.height
+    if cfg.auto_crop_width:
+        cols = np.flatnonzero(ink.any(axis=0))
+        if cols.size:
+            width = min(img.width, int(cols[-1]) + 1 + int(round(cfg.margin_x)))
+    if crop_last:
+        rows = np.flatnonzero(ink.any(axis=1))
+        if rows.size:
+            height = min(img.height, int(rows[-1]) + int(round(cfg.margin_y)))
+    if (width, height) != img.size:
+        img = img.crop((0, 0, width, height))
+    return img
+
+
+# ---- deterministic PNG output ------------------------------------------------------------------
+
+def png_bytes(img: Image.Image) -> bytes:
+    """PNG encoding with no metadata: the same image always gives the same bytes."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def save_png(img: Image.Image, path: str | os.PathLike) -> Path:
+    """Write a PNG atomically (a killed process never leaves a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(png_bytes(img))
+    os.replace(tmp, path)
+    return path
+
+
+def save_pages(pages: Iterable[Image.Image], out_dir: str | os.PathLike) -> list[Path]:
+    """`out_dir/page_001.png`, `page_002.png`, ... (the reference's names)."""
+    out = Path(out_dir)
+    return [save_png(img, out / f"page_{i:03d}.png") for i, img in enumerate(pages, start=1)]
+
+
+def content_hash(img: Image.Image) -> str:
+    """sha256 of the deterministic PNG bytes: a content address for a page image."""
+    return hashlib.sha256(png_bytes(img)).hexdigest()
