@@ -103,7 +103,7 @@ class GlyphCache:
         return sprite
 
 
-def _rgb(hex_color: str) -> tuple[int, int, int]:
+def _rgb(hex_color: str) -> tuple[int, int, int]:  # "#RRGGBB" -> (r, g, b)
     return tuple(int(hex_color[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
 
 
@@ -126,6 +126,7 @@ class FastRasterizer:
         self.cache = GlyphCache(str(cfg.resolved_font_path()), cfg.font_size * self.scale)
         self._width_of = width_of  # (text, size) -> points, the layout's own metrics
         self._advances: dict[str, list[float]] = {}
+        self._tables: list[list[int]] | None = None
         self.size = page_pixel_size(cfg)
 
     def _glyph_advances(self, text: str) -> list[float]:
@@ -141,7 +142,11 @@ class FastRasterizer:
     def render(self, page: PageLayout) -> Image.Image:
         cfg, scale = self.cfg, self.scale
         width, height = self.size
-        canvases: dict[str | None, np.ndarray] = {}
+        # Text in the font colour goes to one coverage canvas; the few runs in other colours (the
+        # newline marker) are pasted afterwards, each as its own small masked paste.
+        canvas = np.zeros((height, width), np.uint8)
+        others: list[tuple[str, _Sprite, int, int]] = []
+        words = self.cache._words
         for line in page.lines:
             base_y = round(line.baseline * scale)
             for run in line.runs:
@@ -150,17 +155,31 @@ class FastRasterizer:
                 ph = round((xpx - ix) * PHASES)
                 if ph == PHASES:
                     ix, ph = ix + 1, 0
-                sprite = self.cache.word(run.text, ph, self._glyph_advances(run.text))
+                sprite = words.get((run.text, ph))
+                if sprite is None:
+                    sprite = self.cache.word(run.text, ph, self._glyph_advances(run.text))
                 if not sprite.alpha.size:
                     continue
-                canvas = canvases.get(run.color)
-                if canvas is None:
-                    canvas = canvases[run.color] = np.zeros((height, width), np.uint8)
-                _blit(canvas, sprite, ix, base_y)
-        img = Image.new("RGB", (width, height), _rgb(cfg.page_bg_color))
-        for color, canvas in canvases.items():
-            img.paste(_rgb(color or cfg.font_color), mask=Image.fromarray(canvas, "L"))
+                if run.color is None:
+                    _blit(canvas, sprite, ix, base_y)
+                else:
+                    others.append((run.color, sprite, ix, base_y))
+        img = self._blend(canvas)
+        for color, sprite, x, y in others:
+            mask = Image.fromarray(sprite.alpha, "L")
+            img.paste(_rgb(color), (x + sprite.dx, y + sprite.dy), mask)
         return img
+
+    def _blend(self, coverage: np.ndarray) -> Image.Image:
+        """Font colour over background, by coverage: one 256-entry lookup table per channel."""
+        tables = self._tables
+        if tables is None:
+            bg, fg = _rgb(self.cfg.page_bg_color), _rgb(self.cfg.font_color)
+            tables = self._tables = [
+                [(b * (255 - a) + f * a + 127) // 255 for a in range(256)] for b, f in zip(bg, fg)
+            ]
+        alpha = Image.fromarray(coverage, "L")
+        return Image.merge("RGB", [alpha.point(t) for t in tables])
 
 
 def _blit(canvas: np.ndarray, sprite: _Sprite, x: int, y: int) -> None:
