@@ -49,6 +49,12 @@ class Renderer:
             self._layout = LayoutEngine(self.config)
             self._raster = FastRasterizer(self.config, self._layout.font.width)
 
+    def warm_up(self) -> Renderer:
+        """Build the glyph bitmaps of printable ASCII now (start-up cost) rather than on first use."""
+        if self.backend == "fast":
+            self.render("".join(chr(c) for c in range(33, 127)) + " \u21b5")
+        return self
+
     def iter_pages(self, text: str) -> Iterator[Image.Image]:
         """Pages one at a time (memory stays bounded for any text length). Blank text yields nothing."""
         if not isinstance(text, str):

@@ -40,19 +40,15 @@ _BR_MARKUP = re.compile(r"^\s*<br\s*/?>\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
-class Run:
-    """A word (or part of one) drawn at `x` points from the page's left edge, in `color` (None = font colour)."""
-
-    text: str
-    x: float
-    color: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Line:
+    """One laid-out line. Glyph i sits at `x` plus the advances of glyphs 0..i-1, where every space
+    and no-break space advances `space_adjust` more than its width (PDF word spacing)."""
+
     text: str  # as reportlab holds it: words joined by single spaces
-    runs: tuple[Run, ...]
+    x: float  # points from the page's left edge
     baseline: float  # points from the page's top edge
+    space_adjust: float = 0.0
+    colors: tuple[tuple[int, int, str], ...] = ()  # (start, end, "#RRGGBB") spans not in the font colour
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +156,7 @@ class BrokenLine:
     words: list[Word]
     starts_group: bool
     ends_group: bool
+    width: float = 0.0  # natural width in points (single spaces between words)
 
 
 _EMPTY_LEAD = BrokenLine([], False, True)
@@ -203,10 +200,10 @@ def break_lines(groups: list[list[Word]], max_width: float, first_width: float, 
                 line.append(word)
                 current = new
             else:
-                lines.append(BrokenLine(line, starts, False))
+                lines.append(BrokenLine(line, starts, False, current))
                 limit_width, starts = max_width, False
                 line, current = [word], ww
-        lines.append(BrokenLine(line, starts, True))
+        lines.append(BrokenLine(line, starts, True, current))
     return lines
 
 
@@ -280,7 +277,7 @@ class LayoutEngine:
         cfg = self.cfg
         para = paragraph_for_lines(parts, cfg, self.font.name, cjk)
         para.wrap(self.geometry.text_width + cfg.left_indent + cfg.right_indent, 1e9)
-        return blpara_words(para)
+        return blpara_words(para, lambda t: self.font.width(t, cfg.font_size))
 
     # lines -> pages ------------------------------------------------------------------------
     def pages(self, text: str) -> Iterator[PageLayout]:
@@ -312,19 +309,16 @@ class LayoutEngine:
 
     def _position(self, line: BrokenLine, row: int, first: bool) -> Line:
         g, cfg = self.geometry, self.cfg
-        size = cfg.font_size
         words = line.words
-        space = self.font.width(" ", size)
-        widths = [self.measure.word(w, self._widths) for w in words]
         indent = cfg.first_line_indent if first else 0.0
-        slack = g.text_width - indent - (sum(widths) + space * max(len(words) - 1, 0))
+        slack = g.text_width - indent - line.width
         x = g.text_left + indent
         # reportlab squeezes an overflowing line (spaceShrinkage) and stretches a justified one by PDF
         # word spacing, which moves every space and no-break space by the same amount.
         adjust = 0.0
         stretch = cfg.alignment == "JUSTIFY" and not line.ends_group and slack > 1e-8
         if slack < -1e-8 or stretch:
-            n_spaces = len(words) - 1 + sum(t.count("\xa0") for w in words for t, _ in w)
+            n_spaces = len(words) - 1 + sum(_nbsp_count(w) for w in words)
             if n_spaces > 0:
                 adjust = slack / n_spaces
         if not adjust and slack > 0:
@@ -332,25 +326,19 @@ class LayoutEngine:
                 x += slack / 2
             elif cfg.alignment == "RIGHT":
                 x += slack
-        runs: list[Run] = []
-        for word, width in zip(words, widths):
-            rx = x
+        colors: list[tuple[int, int, str]] = []
+        pieces: list[str] = []
+        pos = 0
+        for word in words:
+            if pos:
+                pieces.append(" ")
+                pos += 1
             for text, color in word:
-                if adjust and "\xa0" in text:
-                    # place the pieces between no-break spaces separately: each nbsp moves by `adjust`
-                    for i, piece in enumerate(text.split("\xa0")):
-                        if i:
-                            rx += self.font.width("\xa0", size) + adjust
-                        if piece:
-                            runs.append(Run(piece, rx, color))
-                        rx += self.font.width(piece, size)
-                    continue
-                runs.append(Run(text, rx, color))
-                if len(word) > 1:
-                    rx += self.font.width(text, size)
-            x += width + space + adjust + _nbsp_count(word) * adjust
-        text = " ".join("".join(t for t, _ in w) for w in words)
-        return Line(text, tuple(runs), g.first_baseline + row * g.leading)
+                if color is not None:
+                    colors.append((pos, pos + len(text), color))
+                pieces.append(text)
+                pos += len(text)
+        return Line("".join(pieces), x, g.first_baseline + row * g.leading, adjust, tuple(colors))
 
 
 def _nbsp_count(word: Word) -> int:
@@ -367,12 +355,12 @@ def split_paragraph(lines: list[BrokenLine], take: int) -> tuple[list[BrokenLine
     if last.starts_group and not last.words:
         head = head[:-1]
     if tail and tail[0].starts_group:
-        tail = [_EMPTY_LEAD, BrokenLine(tail[0].words, True, tail[0].ends_group)] + tail[1:]
+        tail = [_EMPTY_LEAD, BrokenLine(tail[0].words, True, tail[0].ends_group, tail[0].width)] + tail[1:]
     return head, tail
 
 
-def blpara_words(para) -> list[BrokenLine]:
-    """Lines of a wrapped reportlab Paragraph as BrokenLines."""
+def blpara_words(para, width_of) -> list[BrokenLine]:
+    """Lines of a wrapped reportlab Paragraph as BrokenLines (`width_of(text)` in points)."""
     bl = para.blPara
     out: list[BrokenLine] = []
     after_break = False
@@ -382,8 +370,8 @@ def blpara_words(para) -> list[BrokenLine]:
         else:
             words = _split_words("".join(getattr(f, "text", "") for f in line.words))
             ends = bool(getattr(line, "lineBreak", False))
-        out.append(BrokenLine([((w, None),) for w in words], after_break, ends))
+        out.append(BrokenLine([((w, None),) for w in words], after_break, ends, width_of(" ".join(words))))
         after_break = ends
     if out:
-        out[-1] = BrokenLine(out[-1].words, out[-1].starts_group, True)
+        out[-1] = BrokenLine(out[-1].words, out[-1].starts_group, True, out[-1].width)
     return out

@@ -130,8 +130,8 @@ def rasterize_pdftoppm(pdf: bytes, dpi: int) -> Iterator[Image.Image]:
     with tempfile.TemporaryDirectory(prefix="vtcr-pdftoppm-") as tmp:
         src = Path(tmp) / "in.pdf"
         src.write_bytes(pdf)
-        subprocess.run([exe, "-r", str(dpi), "-png", str(src), str(Path(tmp) / "p")], check=True,
-                       capture_output=True)
-        for path in sorted(Path(tmp).glob("p-*.png"), key=lambda p: int(p.stem.split("-")[-1])):
+        # PPM output, as pdf2image (the reference's wrapper) asks pdftoppm for by default
+        subprocess.run([exe, "-r", str(dpi), str(src), str(Path(tmp) / "p")], check=True, capture_output=True)
+        for path in sorted(Path(tmp).glob("p-*.ppm"), key=lambda p: int(p.stem.split("-")[-1])):
             with Image.open(path) as img:
                 yield img.convert("RGB")

@@ -1,15 +1,15 @@
-"""The fast rasteriser: draws laid-out words straight onto a numpy canvas from cached glyph bitmaps.
+"""The fast rasteriser: a page of laid-out lines -> pixels, in a handful of numpy operations.
 
-Why not PIL's `ImageDraw.text`: it is ~0.4 ms per line, and its hinted advances drift ~8% from the
-PDF's advance widths, so lines would not end where the reference's do. Here every glyph is placed at
-the reference position (quantised to 1/4 pixel), words are composed once and cached, and a page is a
-few hundred numpy `maximum` blits.
+Why not PIL's `ImageDraw.text`: it costs ~0.4 ms per line, and its hinted advances drift ~8% from the
+PDF's advance widths, so lines would not end where the reference's do. Instead each glyph is drawn
+once per quarter-pixel phase (at 4x and box-averaged: area coverage, like PDF rasterisers) and kept
+as a sparse list of its ink pixels. A page is then: glyph positions from a cumulative sum of the PDF
+advance widths, one CSR-style expansion of all their ink pixels, and one `np.maximum.at` scatter.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -18,89 +18,56 @@ from .config import RenderConfig
 from .layout import PageLayout
 
 PHASES = 4  # sub-pixel x positions per pixel
-SUPERSAMPLE = 4  # glyphs are drawn at 4x and box-averaged: area coverage, like PDF rasterisers, unhinted-looking
+SUPERSAMPLE = 4
 
 
-@dataclass
-class _Sprite:
-    alpha: np.ndarray  # uint8 coverage
-    dx: int  # offset of alpha[0, 0] from the pen position (left edge, baseline row)
-    dy: int
+class GlyphAtlas:
+    """Ink pixels of every (character, phase) drawn so far, as flat arrays indexed CSR-style."""
 
-
-@dataclass
-class GlyphCache:
-    """Glyph and word bitmaps for one font file at one pixel size."""
-
-    font_path: str
-    size_px: float
-    max_words: int = 100_000
-    _font: ImageFont.FreeTypeFont = field(init=False, repr=False)
-    _glyphs: dict = field(default_factory=dict, repr=False)
-    _words: dict = field(default_factory=dict, repr=False)
-    _advance: dict = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
+    def __init__(self, font_path: str, size_px: float):
         # BASIC layout: one glyph per call, no shaping or kerning (reportlab applies neither)
-        self._font = ImageFont.truetype(self.font_path, size=max(1, round(self.size_px * SUPERSAMPLE)),
+        self._font = ImageFont.truetype(font_path, size=max(1, round(size_px * SUPERSAMPLE)),
                                         layout_engine=ImageFont.Layout.BASIC)
-        pad = int(self.size_px) + 4
-        self._cell = (int(self.size_px * 3) + 2 * pad, int(self.size_px * 3) + 2 * pad)
-        self._origin = (pad, int(self.size_px * 2) + pad)
+        pad = int(size_px) + 4
+        self._cell = (int(size_px * 3) + 2 * pad, int(size_px * 3) + 2 * pad)
+        self._origin = (pad, int(size_px * 2) + pad)
+        self._slot: dict[int, int] = {}  # code point -> slot; glyph id = slot * PHASES + phase
+        self._pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._dirty = True
+        self.offsets = self.counts = self.dy = self.dx = self.value = np.zeros(0, np.int32)
 
-    def glyph(self, char: str, phase: int) -> _Sprite:
-        key = (char, phase)
-        sprite = self._glyphs.get(key)
-        if sprite is None:
-            ss = SUPERSAMPLE
-            big = Image.new("L", (self._cell[0] * ss, self._cell[1] * ss), 0)
-            ox, oy = self._origin
-            ImageDraw.Draw(big).text((ox * ss + phase * ss / PHASES, oy * ss), char, fill=255, font=self._font,
-                                     anchor="ls")
-            arr = np.asarray(big.reduce(ss))
-            ys, xs = np.nonzero(arr)
-            if len(xs) == 0:
-                sprite = _Sprite(np.zeros((0, 0), np.uint8), 0, 0)
-            else:
-                y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-                sprite = _Sprite(np.ascontiguousarray(arr[y0:y1, x0:x1]), int(x0 - ox), int(y0 - oy))
-            self._glyphs[key] = sprite
-        return sprite
+    def slots(self, codes: np.ndarray) -> np.ndarray:
+        """Slot per code point, drawing glyphs seen for the first time."""
+        unique, inverse = np.unique(codes, return_inverse=True)
+        table = np.empty(len(unique), np.int64)
+        for i, code in enumerate(unique.tolist()):
+            slot = self._slot.get(code)
+            if slot is None:
+                slot = self._slot[code] = len(self._slot)
+                self._pieces.extend(self._draw(chr(code), phase) for phase in range(PHASES))
+                self._dirty = True
+            table[i] = slot
+        if self._dirty:
+            self._pack()
+        return table[inverse]
 
-    def word(self, text: str, phase: int, advances: list[float]) -> _Sprite:
-        """A word's bitmap with its glyphs at the given advances (pixels), starting at `phase`/PHASES."""
-        key = (text, phase)
-        sprite = self._words.get(key)
-        if sprite is not None:
-            return sprite
-        placed = []
-        x = phase / PHASES
-        for char, adv in zip(text, advances):
-            ix = math.floor(x)
-            ph = round((x - ix) * PHASES)
-            if ph == PHASES:
-                ix, ph = ix + 1, 0
-            g = self.glyph(char, ph)
-            if g.alpha.size:
-                placed.append((g, ix + g.dx, g.dy))
-            x += adv
-        if not placed:
-            sprite = _Sprite(np.zeros((0, 0), np.uint8), 0, 0)
-        else:
-            x0 = min(px for _, px, _ in placed)
-            y0 = min(py for _, _, py in placed)
-            x1 = max(px + g.alpha.shape[1] for g, px, _ in placed)
-            y1 = max(py + g.alpha.shape[0] for g, _, py in placed)
-            alpha = np.zeros((y1 - y0, x1 - x0), np.uint8)
-            for g, px, py in placed:
-                h, w = g.alpha.shape
-                region = alpha[py - y0:py - y0 + h, px - x0:px - x0 + w]
-                np.maximum(region, g.alpha, out=region)
-            sprite = _Sprite(alpha, x0, y0)
-        if len(self._words) >= self.max_words:  # bounded memory on huge, varied inputs
-            self._words.clear()
-        self._words[key] = sprite
-        return sprite
+    def _draw(self, char: str, phase: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ss = SUPERSAMPLE
+        big = Image.new("L", (self._cell[0] * ss, self._cell[1] * ss), 0)
+        ox, oy = self._origin
+        ImageDraw.Draw(big).text((ox * ss + phase * ss / PHASES, oy * ss), char, fill=255, font=self._font,
+                                 anchor="ls")
+        arr = np.asarray(big.reduce(ss))
+        ys, xs = np.nonzero(arr)
+        return (ys - oy).astype(np.int32), (xs - ox).astype(np.int32), arr[ys, xs].astype(np.uint8)
+
+    def _pack(self) -> None:
+        self.counts = np.array([len(p[0]) for p in self._pieces], np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+        self.dy = np.concatenate([p[0] for p in self._pieces])
+        self.dx = np.concatenate([p[1] for p in self._pieces])
+        self.value = np.concatenate([p[2] for p in self._pieces])
+        self._dirty = False
 
 
 def _rgb(hex_color: str) -> tuple[int, int, int]:  # "#RRGGBB" -> (r, g, b)
@@ -115,7 +82,7 @@ def page_pixel_size(cfg: RenderConfig) -> tuple[int, int]:
 
 
 class FastRasterizer:
-    """Rasterises PageLayouts for one RenderConfig; keeps glyph and word caches while alive."""
+    """Rasterises PageLayouts for one RenderConfig; keeps its glyph atlas and width table while alive."""
 
     def __init__(self, cfg: RenderConfig, width_of):
         if cfg.para_bg_color.upper() != cfg.page_bg_color.upper() or cfg.border_width:
@@ -123,72 +90,107 @@ class FastRasterizer:
                              "use backend='reportlab' for such configs")
         self.cfg = cfg
         self.scale = cfg.dpi / 72.0
-        self.cache = GlyphCache(str(cfg.resolved_font_path()), cfg.font_size * self.scale)
-        self._width_of = width_of  # (text, size) -> points, the layout's own metrics
-        self._advances: dict[str, list[float]] = {}
-        self._tables: list[list[int]] | None = None
         self.size = page_pixel_size(cfg)
+        self.atlas = GlyphAtlas(str(cfg.resolved_font_path()), cfg.font_size * self.scale)
+        self._width_of = width_of  # (text, size) -> points: the layout's own (reportlab's) metrics
+        self._bmp_widths = np.array([width_of(chr(c), cfg.font_size) if not 0xD800 <= c < 0xE000 else 0.0
+                                     for c in range(0x10000)])
+        # coverage -> colour lookup tables: font colour over page background
+        bg, fg = _rgb(cfg.page_bg_color), _rgb(cfg.font_color)
+        self._tables = [[(b * (255 - a) + f * a + 127) // 255 for a in range(256)] for b, f in zip(bg, fg)]
+        self._gray = len(set(bg)) == 1 and len(set(fg)) == 1  # grey on grey: one channel is enough
 
-    def _glyph_advances(self, text: str) -> list[float]:
-        adv = self._advances.get(text)
-        if adv is None:
-            size, scale = self.cfg.font_size, self.scale
-            adv = [self._width_of(c, size) * scale for c in text]
-            if len(self._advances) > 100_000:
-                self._advances.clear()
-            self._advances[text] = adv
+    def _advances(self, codes: np.ndarray) -> np.ndarray:
+        adv = self._bmp_widths[np.minimum(codes, 0xFFFF)]
+        astral = np.flatnonzero(codes > 0xFFFF)  # rare: emoji and other non-BMP characters
+        for i in astral.tolist():
+            adv[i] = self._width_of(chr(int(codes[i])), self.cfg.font_size)
         return adv
 
     def render(self, page: PageLayout) -> Image.Image:
-        cfg, scale = self.cfg, self.scale
         width, height = self.size
-        # Text in the font colour goes to one coverage canvas; the few runs in other colours (the
-        # newline marker) are pasted afterwards, each as its own small masked paste.
-        canvas = np.zeros((height, width), np.uint8)
-        others: list[tuple[str, _Sprite, int, int]] = []
-        words = self.cache._words
-        for line in page.lines:
-            base_y = round(line.baseline * scale)
-            for run in line.runs:
-                xpx = run.x * scale
-                ix = math.floor(xpx)
-                ph = round((xpx - ix) * PHASES)
-                if ph == PHASES:
-                    ix, ph = ix + 1, 0
-                sprite = words.get((run.text, ph))
-                if sprite is None:
-                    sprite = self.cache.word(run.text, ph, self._glyph_advances(run.text))
-                if not sprite.alpha.size:
-                    continue
-                if run.color is None:
-                    _blit(canvas, sprite, ix, base_y)
-                else:
-                    others.append((run.color, sprite, ix, base_y))
-        img = self._blend(canvas)
-        for color, sprite, x, y in others:
-            mask = Image.fromarray(sprite.alpha, "L")
-            img.paste(_rgb(color), (x + sprite.dx, y + sprite.dy), mask)
-        return img
+        canvas = np.zeros(height * width, np.uint8)
+        lines = [line for line in page.lines if line.text]
+        extra: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # colour -> (coverage, touched pixels)
+        if lines:
+            codes, xpx, ypx, color_of = self._glyph_positions(lines)
+            ink = (codes != 32) & (codes != 0xA0)
+            codes, xpx, ypx = codes[ink], xpx[ink], ypx[ink]
+            ix = np.floor(xpx).astype(np.int64)
+            phase = np.rint((xpx - ix) * PHASES).astype(np.int64)
+            carry = phase == PHASES
+            ix += carry
+            phase[carry] = 0
+            glyph = self.atlas.slots(codes) * PHASES + phase
+            if color_of is None:
+                self._scatter(canvas, glyph, ix, ypx)
+            else:
+                color_of = color_of[ink]
+                for color in sorted(set(color_of.tolist())):
+                    sel = color_of == color
+                    if color == "":
+                        self._scatter(canvas, glyph[sel], ix[sel], ypx[sel])
+                    else:
+                        cover = np.zeros_like(canvas)
+                        touched = self._scatter(cover, glyph[sel], ix[sel], ypx[sel])
+                        extra[color] = (cover, np.unique(touched))
+        # Blend per channel with PIL lookup tables (much faster here than numpy gathers); colours
+        # other than the font's touch few pixels and are blended at those pixels only.
+        coverage = Image.fromarray(canvas.reshape(height, width), "L")
+        if self._gray and not extra:
+            return coverage.point(self._tables[0]).convert("RGB")
+        channels = []
+        for c, table in enumerate(self._tables):
+            channel = coverage.point(table)
+            if extra:
+                values = np.array(channel).reshape(-1)
+                for color, (cover, nz) in extra.items():
+                    a = cover[nz].astype(np.uint16)
+                    values[nz] = ((values[nz] * (255 - a) + _rgb(color)[c] * a + 127) // 255).astype(np.uint8)
+                channel = Image.fromarray(values.reshape(height, width), "L")
+            channels.append(channel)
+        return Image.merge("RGB", channels)
 
-    def _blend(self, coverage: np.ndarray) -> Image.Image:
-        """Font colour over background, by coverage: one 256-entry lookup table per channel."""
-        tables = self._tables
-        if tables is None:
-            bg, fg = _rgb(self.cfg.page_bg_color), _rgb(self.cfg.font_color)
-            tables = self._tables = [
-                [(b * (255 - a) + f * a + 127) // 255 for a in range(256)] for b, f in zip(bg, fg)
-            ]
-        alpha = Image.fromarray(coverage, "L")
-        return Image.merge("RGB", [alpha.point(t) for t in tables])
+    def _glyph_positions(self, lines):
+        """Code point, x (pixels, fractional) and baseline row of every character on the page."""
+        scale = self.scale
+        text = "".join(line.text for line in lines)
+        codes = np.frombuffer(text.encode("utf-32-le"), np.uint32).astype(np.int64)
+        lengths = np.array([len(line.text) for line in lines])
+        line_of = np.repeat(np.arange(len(lines)), lengths)
+        adv = self._advances(codes)
+        adjust = np.array([line.space_adjust for line in lines])
+        if adjust.any():
+            adv = adv + ((codes == 32) | (codes == 0xA0)) * adjust[line_of]
+        before = np.cumsum(adv) - adv  # advance of everything earlier on the page
+        starts = np.cumsum(lengths) - lengths
+        x = np.array([line.x for line in lines])[line_of] + before - before[starts][line_of]
+        y = np.rint(np.array([line.baseline for line in lines]) * scale).astype(np.int64)[line_of]
+        color_of = None
+        if any(line.colors for line in lines):
+            color_of = np.full(len(codes), "", dtype=object)
+            for start, line in zip(starts.tolist(), lines):
+                for a, b, color in line.colors:
+                    color_of[start + a:start + b] = color
+        return codes, x * scale, y, color_of
 
-
-def _blit(canvas: np.ndarray, sprite: _Sprite, x: int, y: int) -> None:
-    h, w = sprite.alpha.shape
-    top, left = y + sprite.dy, x + sprite.dx
-    ch, cw = canvas.shape
-    if top >= ch or left >= cw or top + h <= 0 or left + w <= 0:
-        return
-    sy0, sx0 = max(0, -top), max(0, -left)
-    sy1, sx1 = min(h, ch - top), min(w, cw - left)
-    region = canvas[top + sy0:top + sy1, left + sx0:left + sx1]
-    np.maximum(region, sprite.alpha[sy0:sy1, sx0:sx1], out=region)
+    def _scatter(self, canvas: np.ndarray, glyph: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+        """Max-blend the ink pixels of all the given glyph instances into the flat canvas; returns
+        the flat indices written."""
+        atlas = self.atlas
+        counts = atlas.counts[glyph]
+        total = int(counts.sum())
+        if not total:
+            return np.zeros(0, np.int64)
+        instance = np.repeat(np.arange(len(glyph)), counts)
+        first = np.cumsum(counts) - counts
+        pixel = atlas.offsets[glyph][instance] + (np.arange(total) - first[instance])
+        px = ix[instance] + atlas.dx[pixel]
+        py = iy[instance] + atlas.dy[pixel]
+        width, height = self.size
+        inside = (px >= 0) & (px < width) & (py >= 0) & (py < height)
+        if not inside.all():
+            px, py, pixel = px[inside], py[inside], pixel[inside]
+        flat = py * width + px
+        np.maximum.at(canvas, flat, atlas.value[pixel])
+        return flat
