@@ -3,8 +3,10 @@
     python -m benchmarks.render_bench [--data ../shared/data] [--speed-texts 40] [--json out.json]
 
 Speed: every backend renders the same finished traces, interleaved text by text (so machine noise
-hits all backends alike), each timed from text to in-memory images. `reference` is the paper's
-pipeline: reportlab -> PDF -> poppler pdftoppm (skipped with a message when poppler is absent).
+hits all backends alike), each timed from text to in-memory images: wall time, and CPU time of this
+process plus its children (pdftoppm runs as a child), which other load on a shared machine disturbs
+less. `reference` is the paper's pipeline: reportlab -> PDF -> poppler pdftoppm (skipped with a
+message when poppler is absent).
 Compression: real Qwen3 text tokens of each finished trace's reasoning (the text inside the thought
 tags) / vision tokens of its rendered pages, per preset and model family, pooled over all traces.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import time
 from pathlib import Path
 
@@ -35,16 +38,24 @@ def load_finished_reasoning(data_dir: Path) -> list[str]:
 def measure_speed(texts: list[str], preset_name: str, backends: list[str]) -> dict[str, dict[str, float]]:
     renderers = {b: Renderer(PRESETS[preset_name], b).warm_up() for b in backends}
     seconds = dict.fromkeys(backends, 0.0)
+    cpu = dict.fromkeys(backends, 0.0)
     pages = dict.fromkeys(backends, 0)
     for text in tqdm(texts, desc=f"speed {preset_name}", leave=False):
         for backend, renderer in renderers.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), _cpu_seconds()
             out = renderer.render(text)
             seconds[backend] += time.perf_counter() - start
+            cpu[backend] += _cpu_seconds() - start_cpu
             pages[backend] += len(out)
     chars = sum(map(len, texts))
     return {b: {"chars_per_s": chars / seconds[b], "ms_per_page": 1000 * seconds[b] / max(pages[b], 1),
+                "cpu_chars_per_s": chars / cpu[b], "cpu_ms_per_page": 1000 * cpu[b] / max(pages[b], 1),
                 "pages": pages[b], "seconds": seconds[b]} for b in backends}
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def measure_compression(texts: list[str], tokenizer) -> dict[str, dict[str, float]]:
@@ -83,10 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         speed = results["speed"][name] = measure_speed(speed_texts, name, backends)
         base = speed.get("reference", speed["reportlab"])
         print(f"\n  preset {name}")
-        print(f"  {'backend':<11}{'kchar/s':>10}{'ms/page':>10}{'pages':>7}{'x reference':>13}")
+        print(f"  {'backend':<11}{'kchar/s':>10}{'ms/page':>10}{'x ref':>8}   {'CPU kchar/s':>12}"
+              f"{'CPU ms/page':>12}{'x ref':>8}{'pages':>7}")
         for backend, s in speed.items():
-            print(f"  {backend:<11}{s['chars_per_s'] / 1000:>10.1f}{s['ms_per_page']:>10.2f}{s['pages']:>7}"
-                  f"{s['chars_per_s'] / base['chars_per_s']:>12.1f}x")
+            print(f"  {backend:<11}{s['chars_per_s'] / 1000:>10.1f}{s['ms_per_page']:>10.2f}"
+                  f"{s['chars_per_s'] / base['chars_per_s']:>7.1f}x   {s['cpu_chars_per_s'] / 1000:>12.1f}"
+                  f"{s['cpu_ms_per_page']:>12.2f}{s['cpu_chars_per_s'] / base['cpu_chars_per_s']:>7.1f}x{s['pages']:>7}")
 
     results["compression"] = measure_compression(texts, resolve_tokenizer(args.tokenizer))
     print(f"\ncompression on {len(texts)} finished traces' reasoning "

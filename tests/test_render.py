@@ -152,11 +152,18 @@ def test_fast_layout_equals_reportlab_on_shared_traces(shared_traces, name, coun
         assert fast_lines(record["trace"], cfg) == reportlab_drawn_lines(record["trace"], cfg), record["id"]
 
 
-@pytest.mark.parametrize("name", ["vtcr1", "dense"])
+MARKER_VARIANTS = {  # inline newline markers the layout engine must flow exactly like reportlab
+    "red marker": ' <font color="#FF0000">\u21b5</font> ',
+    "glued marker": "\u00b6",
+    "left-glued marker": " //",
+}
+
+
+@pytest.mark.parametrize("name", ["vtcr1", "dense", *MARKER_VARIANTS])
 def test_fast_layout_equals_reportlab_on_fuzzed_text(name):
-    cfg = preset(name)
+    cfg = preset(name) if name in ("vtcr1", "dense") else preset("dense").replace(newline_markup=MARKER_VARIANTS[name])
     rng = random.Random(1234)
-    for case in range(30):
+    for case in range(30 if name in ("vtcr1", "dense") else 8):
         text = fuzz_text(rng)
         assert fast_lines(text, cfg) == reportlab_drawn_lines(text, cfg), f"fuzz case {case}"
 
@@ -200,6 +207,19 @@ def test_fast_page_pixels_match_pdfium_closely(finished_traces):
     assert best_shift(ink_a.sum(axis=1), ink_b.sum(axis=1)) == 0  # same baselines
     assert best_shift(ink_a.sum(axis=0), ink_b.sum(axis=0)) == 0  # same glyph positions
     assert np.abs(a - b).mean() < 6  # same glyphs in the same places (anti-aliasing differs slightly)
+
+
+def test_coloured_marker_is_drawn_in_its_colour(finished_traces):
+    import numpy as np
+
+    cfg = preset("dense").replace(newline_markup=MARKER_VARIANTS["red marker"])
+    text = finished_traces[0]["trace"]
+    fast = Renderer(cfg, "fast").render(text)
+    slow = Renderer(cfg, "reportlab").render(text)
+    _assert_same_pages(fast, slow, "red marker")
+    rgb = np.asarray(fast[0]).astype(int)
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)
+    assert red.sum() > 50  # markers are red, text stays black
 
 
 def test_dense_is_denser_than_vtcr1(finished_traces):

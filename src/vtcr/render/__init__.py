@@ -26,6 +26,9 @@ from .layout import LayoutEngine, is_blank
 from .presets import PRESETS, preset
 
 BACKENDS = ("fast", "reportlab", "reference")
+# Unicode blocks common in mathematical reasoning text, pre-drawn by Renderer.warm_up().
+_WARM_UP_RANGES = ((0x21, 0x7F), (0xA1, 0x180), (0x370, 0x400), (0x2010, 0x2060), (0x2070, 0x20A0),
+                   (0x2100, 0x2150), (0x2190, 0x2200), (0x2200, 0x2300), (0x25A0, 0x2600))
 DEFAULT_BACKEND = "fast"
 
 __all__ = [
@@ -50,9 +53,12 @@ class Renderer:
             self._raster = FastRasterizer(self.config, self._layout.font.width)
 
     def warm_up(self) -> Renderer:
-        """Build the glyph bitmaps of printable ASCII now (start-up cost) rather than on first use."""
+        """Draw the glyphs reasoning text uses most (Latin, Greek, punctuation, arrows, maths) now, as
+        start-up work, instead of the first time each appears (~0.1 s once per Renderer)."""
         if self.backend == "fast":
-            self.render("".join(chr(c) for c in range(33, 127)) + " \u21b5")
+            font = self._layout.font
+            chars = [chr(c) for lo, hi in _WARM_UP_RANGES for c in range(lo, hi) if font.has_glyph(chr(c))]
+            self._raster.atlas.slots(np.array([ord(c) for c in chars], np.int64))
         return self
 
     def iter_pages(self, text: str) -> Iterator[Image.Image]:
@@ -61,21 +67,27 @@ class Renderer:
             raise ValueError(f"text to render must be a str, got {type(text).__name__}")
         if is_blank(text):
             return iter(())
-        return _crop_pages(self._raw_pages(text), self.config)
+        return self._pages(text)
 
     def render(self, text: str) -> list[Image.Image]:
         return list(self.iter_pages(text))
 
-    def _raw_pages(self, text: str) -> Iterator[Image.Image]:
+    def _pages(self, text: str) -> Iterator[Image.Image]:
+        cfg = self.config
         if self.backend == "fast":
-            for page in self._layout.pages(text):
-                yield self._raster.render(page)
+            if cfg.horizontal_scale != 1.0:  # rare: scale the full page first, as the reference does
+                raw = (p.image() for p in map(self._raster.render, self._layout.pages(text)))
+                yield from _with_last(raw, lambda img, last: postprocess_page(img, cfg, is_last=last))
+                return
+            # crop on the page's channels before they become an RGB image (cheaper, same pixels)
+            pages = map(self._raster.render, self._layout.pages(text))
+            yield from _with_last(pages, lambda p, last: p.image(crop_box(p.size, p.ink_bbox, cfg, last)))
             return
         from .pdf import build_pdf, rasterize_pdfium, rasterize_pdftoppm
 
-        pdf = build_pdf(text, self.config)
         raster = rasterize_pdfium if self.backend == "reportlab" else rasterize_pdftoppm
-        yield from raster(pdf, self.config.dpi)
+        raw = raster(build_pdf(text, cfg), cfg.dpi)
+        yield from _with_last(raw, lambda img, last: postprocess_page(img, cfg, is_last=last))
 
 
 @lru_cache(maxsize=8)
@@ -94,38 +106,41 @@ def iter_pages(text: str, config: RenderConfig | None = None, backend: str = DEF
 
 # ---- the reference's post-processing: horizontal scale and auto-crop -----------------------------
 
-def _crop_pages(pages: Iterable[Image.Image], cfg: RenderConfig) -> Iterator[Image.Image]:
-    """Apply horizontal-scale and auto-crop to each page; the last page is known by looking one ahead."""
-    it = iter(pages)
+def _with_last(items: Iterable, finish) -> Iterator:
+    """`finish(item, is_last)` for each item; the last one is known by looking one item ahead."""
+    it = iter(items)
     current = next(it, None)
     while current is not None:
         following = next(it, None)
-        yield postprocess_page(current, cfg, is_last=following is None)
+        yield finish(current, following is None)
         current = following
 
 
 def postprocess_page(img: Image.Image, cfg: RenderConfig, *, is_last: bool) -> Image.Image:
-    """The reference's rules: scale width; crop right to the last ink column + margin-x (every page
-    with auto-crop-width), and the last page's bottom to the last ink row + margin-y."""
+    """The reference's post-processing of a rasterised page: scale its width, then auto-crop."""
     if cfg.horizontal_scale != 1.0:
         img = img.resize((int(img.width * cfg.horizontal_scale), img.height))
-    crop_last = cfg.auto_crop_last_page and is_last
-    if not (cfg.auto_crop_width or crop_last):
+    if not (cfg.auto_crop_width or (cfg.auto_crop_last_page and is_last)):
         return img
     gray = img.convert("L")
     background = float(np.median(np.asarray(gray.crop((0, 0, 2, 2)))))
-    # ink = |gray - background| > 5, computed by a PIL lookup table (fast) instead of numpy
-    ink = gray.point([255 if abs(v - background) > 5 else 0 for v in range(256)])
-    bbox = ink.getbbox()  # (left, top, right, bottom) of ink, right/bottom exclusive
-    width, height = img.width, img.height
-    if bbox is not None:
+    # ink = |gray - background| > 5, by a PIL lookup table (fast) instead of numpy
+    bbox = gray.point([255 if abs(v - background) > 5 else 0 for v in range(256)]).getbbox()
+    box = crop_box(img.size, bbox, cfg, is_last)
+    return img if box is None else img.crop(box)
+
+
+def crop_box(size: tuple[int, int], ink_bbox: tuple[int, int, int, int] | None, cfg: RenderConfig,
+             is_last: bool) -> tuple[int, int, int, int] | None:
+    """The reference's auto-crop rule: the right edge goes to the last ink column + margin-x (every
+    page, with auto-crop-width); the last page's bottom to the last ink row + margin-y. None: no crop."""
+    width, height = size
+    if ink_bbox is not None:
         if cfg.auto_crop_width:
-            width = min(img.width, bbox[2] + int(round(cfg.margin_x)))
-        if crop_last:
-            height = min(img.height, bbox[3] - 1 + int(round(cfg.margin_y)))
-    if (width, height) != img.size:
-        img = img.crop((0, 0, width, height))
-    return img
+            width = min(size[0], ink_bbox[2] + int(round(cfg.margin_x)))
+        if cfg.auto_crop_last_page and is_last:
+            height = min(size[1], ink_bbox[3] - 1 + int(round(cfg.margin_y)))
+    return None if (width, height) == tuple(size) else (0, 0, width, height)
 
 
 # ---- deterministic PNG output ------------------------------------------------------------------

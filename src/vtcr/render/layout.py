@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from .config import RenderConfig
-from .fonts import FontMetrics, load_font
+from .fonts import load_font
 
 LINES_PER_PARAGRAPH = 30  # the reference joins this many source lines into one Paragraph
 FRAME_PADDING = 6.0  # reportlab Frame default padding, points, each side
@@ -112,39 +112,61 @@ def parse_newline_markup(markup: str) -> NewlineMarkup:
 
 # ---- line breaking ---------------------------------------------------------------------------
 
-Word = tuple[tuple[str, "str | None"], ...]  # runs of (text, colour) with no whitespace between them
+class Word(str):
+    """A word drawn partly in another colour (an inline newline marker in colour, or text glued to
+    it): the string is the whole word, `runs` its (text, colour) pieces. Plain words are plain str."""
+
+    runs: tuple[tuple[str, str | None], ...]
+
+    def __new__(cls, runs: tuple[tuple[str, str | None], ...]):
+        word = super().__new__(cls, "".join(t for t, _ in runs))
+        word.runs = runs
+        return word
 
 
 def _split_words(text: str) -> list[str]:
     return [w for w in _WS_SPLIT.split(text) if w]
 
 
-def paragraph_words(parts: list[str], nl: NewlineMarkup) -> list[list[Word]]:
+def paragraph_words(parts: list[str], nl: NewlineMarkup) -> list[list[str]]:
     """Words of one reference Paragraph, grouped into forced lines (one group when the newline
     marker is inline). A trailing empty source line makes no line, as in reportlab."""
     if nl.is_break:
-        groups = [[((w, None),) for w in _split_words(p)] for p in parts]
+        groups = [_split_words(p) for p in parts]
         if len(groups) > 1 and not groups[-1]:
             groups.pop()
         if len(groups) == 1 and not groups[0]:
             return []
         return groups
+    if nl.space_before and nl.space_after and nl.color is None:  # the usual marker: a word of its own
+        words = _split_words(parts[0])
+        for part in parts[1:]:
+            words.append(nl.marker)
+            words += _split_words(part)
+        return [words] if words else []
+    return _glued_words(parts, nl)
+
+
+def _glued_words(parts: list[str], nl: NewlineMarkup) -> list[list[str]]:
+    """General inline marker: coloured, or glued to the neighbouring text when it has no spaces."""
     pieces: list[tuple[str, str | None]] = []
     for i, part in enumerate(parts):
         if i:
-            pieces += [(" " if nl.space_before else "", None), (nl.marker, nl.color), (" " if nl.space_after else "", None)]
+            pieces += [(" " if nl.space_before else "", None), (nl.marker, nl.color),
+                       (" " if nl.space_after else "", None)]
         pieces.append((part, None))
-    words: list[Word] = []
+    runs: list[list[tuple[str, str | None]]] = []
     glued = False  # did the flow so far end in a visible character (so the next one continues that word)?
     for text, color in pieces:
         if not text:
             continue
         for m in _NON_WS.finditer(text):
-            if glued and m.start() == 0 and words:
-                words[-1] = words[-1] + ((m.group(), color),)
+            if glued and m.start() == 0 and runs:
+                runs[-1].append((m.group(), color))
             else:
-                words.append(((m.group(), color),))
+                runs.append([(m.group(), color)])
         glued = text[-1] not in _WS
+    words = [Word(tuple(r)) if any(c for _, c in r) else "".join(t for t, _ in r) for r in runs]
     return [words] if words else []
 
 
@@ -153,7 +175,7 @@ class BrokenLine:
     """A line after breaking. `starts_group`: a forced break (`<br/>`) precedes it inside its Paragraph;
     `ends_group`: a forced break or the Paragraph's end follows it (such lines are never justified)."""
 
-    words: list[Word]
+    words: list[str]
     starts_group: bool
     ends_group: bool
     width: float = 0.0  # natural width in points (single spaces between words)
@@ -162,46 +184,35 @@ class BrokenLine:
 _EMPTY_LEAD = BrokenLine([], False, True)
 
 
-@dataclass(frozen=True)
-class _Measure:
-    font: FontMetrics
-    size: float
-
-    def word(self, word: Word, cache: dict) -> float:
-        w = cache.get(word)
-        if w is None:
-            w = 0.0
-            for text, _ in word:
-                w += self.font.width(text, self.size)
-            cache[word] = w
-        return w
-
-
-def break_lines(groups: list[list[Word]], max_width: float, first_width: float, measure: _Measure,
-                cache: dict) -> list[BrokenLine] | None:
-    """Greedy reportlab line breaking. Returns None when a word is wider than a line (the caller
-    then asks reportlab, which splits such words character by character)."""
-    space = measure.font.width(" ", measure.size)
+def break_lines(groups: list[list[str]], max_width: float, first_width: float, width_of,
+                cache: dict[str, float]) -> list[BrokenLine] | None:
+    """Greedy reportlab line breaking; `width_of(text)` in points, `cache` keeps word widths.
+    Returns None when a word is wider than a line (the caller then asks reportlab, which splits
+    such words character by character)."""
+    space = width_of(" ")
+    shrink = SPACE_SHRINKAGE * space
     lines: list[BrokenLine] = []
     for gi, group in enumerate(groups):
-        line: list[Word] = []
+        line: list[str] = []
         starts = gi > 0
         current = 0.0
-        limit_width = first_width if not lines else max_width
+        limit = first_width if not lines else max_width
         for word in group:
-            ww = measure.word(word, cache)
-            if ww > limit_width + _FUZZ and ww > max_width:
+            ww = cache.get(word)
+            if ww is None:
+                ww = cache[word] = width_of(word)
+            if ww > limit + _FUZZ and ww > max_width:
                 return None
             if not line:
                 line, current = [word], ww
                 continue
             new = current + space + ww
-            if new <= limit_width + SPACE_SHRINKAGE * space * len(line):
+            if new <= limit + shrink * len(line):
                 line.append(word)
                 current = new
             else:
                 lines.append(BrokenLine(line, starts, False, current))
-                limit_width, starts = max_width, False
+                limit, starts = max_width, False
                 line, current = [word], ww
         lines.append(BrokenLine(line, starts, True, current))
     return lines
@@ -244,7 +255,7 @@ class LayoutEngine:
                              "use backend='reportlab' for such configs")
         self.cfg = cfg
         self.font = load_font(cfg.resolved_font_path())
-        self.measure = _Measure(self.font, cfg.font_size)
+        self.width_of = lambda text: self.font.width(text, cfg.font_size)
         self.geometry = Geometry.of(cfg)
         self.newline = parse_newline_markup(cfg.newline_markup)
         self._widths: dict = {}
@@ -264,7 +275,7 @@ class LayoutEngine:
             broken = None
             if not cjk:
                 groups = paragraph_words(parts, self.newline)
-                broken = break_lines(groups, g.text_width, first_width, self.measure, self._widths)
+                broken = break_lines(groups, g.text_width, first_width, self.width_of, self._widths)
             if broken is None:
                 broken = self._reportlab_lines(parts, cjk)
             if len(self._widths) > 200_000:  # bound memory on huge inputs
@@ -277,7 +288,7 @@ class LayoutEngine:
         cfg = self.cfg
         para = paragraph_for_lines(parts, cfg, self.font.name, cjk)
         para.wrap(self.geometry.text_width + cfg.left_indent + cfg.right_indent, 1e9)
-        return blpara_words(para, lambda t: self.font.width(t, cfg.font_size))
+        return blpara_words(para, self.width_of)
 
     # lines -> pages ------------------------------------------------------------------------
     def pages(self, text: str) -> Iterator[PageLayout]:
@@ -318,7 +329,7 @@ class LayoutEngine:
         adjust = 0.0
         stretch = cfg.alignment == "JUSTIFY" and not line.ends_group and slack > 1e-8
         if slack < -1e-8 or stretch:
-            n_spaces = len(words) - 1 + sum(_nbsp_count(w) for w in words)
+            n_spaces = len(words) - 1 + sum(w.count("\xa0") for w in words)
             if n_spaces > 0:
                 adjust = slack / n_spaces
         if not adjust and slack > 0:
@@ -327,22 +338,16 @@ class LayoutEngine:
             elif cfg.alignment == "RIGHT":
                 x += slack
         colors: list[tuple[int, int, str]] = []
-        pieces: list[str] = []
-        pos = 0
-        for word in words:
-            if pos:
-                pieces.append(" ")
+        text = " ".join(words)
+        if any(type(w) is Word for w in words):
+            pos = 0
+            for word in words:
+                for piece, color in getattr(word, "runs", ((word, None),)):
+                    if color is not None:
+                        colors.append((pos, pos + len(piece), color))
+                    pos += len(piece)
                 pos += 1
-            for text, color in word:
-                if color is not None:
-                    colors.append((pos, pos + len(text), color))
-                pieces.append(text)
-                pos += len(text)
-        return Line("".join(pieces), x, g.first_baseline + row * g.leading, adjust, tuple(colors))
-
-
-def _nbsp_count(word: Word) -> int:
-    return sum(t.count("\xa0") for t, _ in word)
+        return Line(text, x, g.first_baseline + row * g.leading, adjust, tuple(colors))
 
 
 def split_paragraph(lines: list[BrokenLine], take: int) -> tuple[list[BrokenLine], list[BrokenLine]]:
@@ -370,7 +375,7 @@ def blpara_words(para, width_of) -> list[BrokenLine]:
         else:
             words = _split_words("".join(getattr(f, "text", "") for f in line.words))
             ends = bool(getattr(line, "lineBreak", False))
-        out.append(BrokenLine([((w, None),) for w in words], after_break, ends, width_of(" ".join(words))))
+        out.append(BrokenLine(list(words), after_break, ends, width_of(" ".join(words))))
         after_break = ends
     if out:
         out[-1] = BrokenLine(out[-1].words, out[-1].starts_group, True, out[-1].width)

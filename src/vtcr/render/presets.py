@@ -4,8 +4,10 @@ vtcr1  The paper's settings exactly (its evaluation/config_en.json): A4 595x842 
        DejaVu Sans 9 pt on 10 pt leading, LEFT, real line breaks (`<br/>`), auto-crop width and last page.
        On reasoning traces most of each page is short and blank lines: about 2x compression (Qwen3-VL).
 dense  The default. Same glyph size, leading, page and dpi (so the same legibility), but source line
-       breaks are drawn inline as a red "↵" marker and the text flows on: no blank or half-empty lines.
-       About 3x denser pages than vtcr1 on the shared traces (see benchmarks/render_bench.py).
+       breaks are drawn inline as a "↵" marker and the text flows on: no blank or half-empty lines.
+       About 3x denser pages than vtcr1 on the shared traces (see benchmarks/render_bench.py). The
+       marker is a glyph that reasoning text does not otherwise use, so it needs no colour of its own
+       (a colour, e.g. '<font color="#FF0000"> ↵ </font>', works too but costs rendering time).
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ _VTCR1 = RenderConfig(
     name="vtcr1",
 )
 
-NEWLINE_MARKER = "\u21b5"  # ↵, drawn in red so it never reads as part of the text
+NEWLINE_MARKER = "\u21b5"  # ↵
 
 PRESETS: dict[str, RenderConfig] = {
     "vtcr1": _VTCR1,
-    "dense": _VTCR1.replace(newline_markup=f' <font color="#FF0000">{NEWLINE_MARKER}</font> ', name="dense"),
+    "dense": _VTCR1.replace(newline_markup=f" {NEWLINE_MARKER} ", name="dense"),
 }
 
 

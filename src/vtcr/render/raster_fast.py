@@ -44,22 +44,37 @@ class GlyphAtlas:
             slot = self._slot.get(code)
             if slot is None:
                 slot = self._slot[code] = len(self._slot)
-                self._pieces.extend(self._draw(chr(code), phase) for phase in range(PHASES))
+                self._pieces.extend(self._draw(chr(code)))
                 self._dirty = True
             table[i] = slot
         if self._dirty:
             self._pack()
         return table[inverse]
 
-    def _draw(self, char: str, phase: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _draw(self, char: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The glyph's ink pixels at each phase: drawn once at SUPERSAMPLE x, then shifted right by
+        whole supersampled columns and box-averaged (phase p = a shift of p/PHASES pixel)."""
         ss = SUPERSAMPLE
         big = Image.new("L", (self._cell[0] * ss, self._cell[1] * ss), 0)
         ox, oy = self._origin
-        ImageDraw.Draw(big).text((ox * ss + phase * ss / PHASES, oy * ss), char, fill=255, font=self._font,
-                                 anchor="ls")
-        arr = np.asarray(big.reduce(ss))
-        ys, xs = np.nonzero(arr)
-        return (ys - oy).astype(np.int32), (xs - ox).astype(np.int32), arr[ys, xs].astype(np.uint8)
+        ImageDraw.Draw(big).text((ox * ss, oy * ss), char, fill=255, font=self._font, anchor="ls")
+        bbox = big.getbbox()
+        if bbox is None:  # nothing to draw (a space-like glyph)
+            empty = (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.uint8))
+            return [empty] * PHASES
+        # work on the ink's box, aligned to whole output pixels, with room to shift right
+        x0, y0 = bbox[0] // ss * ss, bbox[1] // ss * ss
+        x1, y1 = -(-bbox[2] // ss) * ss + ss, -(-bbox[3] // ss) * ss
+        ink = big.crop((x0, y0, x1, y1))
+        pieces = []
+        for phase in range(PHASES):
+            shifted = Image.new("L", ink.size, 0)
+            shifted.paste(ink, (phase * ss // PHASES, 0))
+            arr = np.asarray(shifted.reduce(ss))
+            ys, xs = np.nonzero(arr)
+            pieces.append(((ys + y0 // ss - oy).astype(np.int32), (xs + x0 // ss - ox).astype(np.int32),
+                           arr[ys, xs].astype(np.uint8)))
+        return pieces
 
     def _pack(self) -> None:
         self.counts = np.array([len(p[0]) for p in self._pieces], np.int64)
@@ -81,6 +96,27 @@ def page_pixel_size(cfg: RenderConfig) -> tuple[int, int]:
     return math.ceil(w * scale - 1e-6), math.ceil(h * scale - 1e-6)
 
 
+class FastPage:
+    """A rasterised page before cropping: its channels (one when grey on grey) and its ink box."""
+
+    def __init__(self, channels: list[Image.Image], ink_bbox: tuple[int, int, int, int] | None):
+        self.channels = channels
+        self.ink_bbox = ink_bbox
+        self.size = channels[0].size
+
+    def image(self, box: tuple[int, int, int, int] | None = None) -> Image.Image:
+        channels = self.channels if box is None else [c.crop(box) for c in self.channels]
+        if len(channels) == 1:
+            return channels[0].convert("RGB")
+        return Image.merge("RGB", channels)
+
+
+def _luma_ink_bbox(luma: Image.Image, background: int) -> tuple[int, int, int, int] | None:
+    """Box of pixels whose grey level differs from the background by more than 5 (the reference's
+    auto-crop test), right/bottom exclusive."""
+    return luma.point([255 if abs(v - background) > 5 else 0 for v in range(256)]).getbbox()
+
+
 class FastRasterizer:
     """Rasterises PageLayouts for one RenderConfig; keeps its glyph atlas and width table while alive."""
 
@@ -97,6 +133,7 @@ class FastRasterizer:
                                      for c in range(0x10000)])
         # coverage -> colour lookup tables: font colour over page background
         bg, fg = _rgb(cfg.page_bg_color), _rgb(cfg.font_color)
+        self._bg_luma = (bg[0] * 19595 + bg[1] * 38470 + bg[2] * 7471 + 0x8000) >> 16
         self._tables = [[(b * (255 - a) + f * a + 127) // 255 for a in range(256)] for b, f in zip(bg, fg)]
         self._gray = len(set(bg)) == 1 and len(set(fg)) == 1  # grey on grey: one channel is enough
 
@@ -107,7 +144,7 @@ class FastRasterizer:
             adv[i] = self._width_of(chr(int(codes[i])), self.cfg.font_size)
         return adv
 
-    def render(self, page: PageLayout) -> Image.Image:
+    def render(self, page: PageLayout) -> FastPage:
         width, height = self.size
         canvas = np.zeros(height * width, np.uint8)
         lines = [line for line in page.lines if line.text]
@@ -134,12 +171,17 @@ class FastRasterizer:
                         cover = np.zeros_like(canvas)
                         touched = self._scatter(cover, glyph[sel], ix[sel], ypx[sel])
                         extra[color] = (cover, np.unique(touched))
+        return self._finish(canvas.reshape(height, width), extra)
+
+    def _finish(self, canvas: np.ndarray, extra: dict) -> FastPage:
         # Blend per channel with PIL lookup tables (much faster here than numpy gathers); colours
         # other than the font's touch few pixels and are blended at those pixels only.
-        coverage = Image.fromarray(canvas.reshape(height, width), "L")
+        height, width = canvas.shape
+        coverage = Image.fromarray(canvas, "L")
         if self._gray and not extra:
-            return coverage.point(self._tables[0]).convert("RGB")
-        channels = []
+            channel = coverage.point(self._tables[0])
+            return FastPage([channel], _luma_ink_bbox(channel, self._bg_luma))
+        channels, values_of = [], []
         for c, table in enumerate(self._tables):
             channel = coverage.point(table)
             if extra:
@@ -148,8 +190,22 @@ class FastRasterizer:
                     a = cover[nz].astype(np.uint16)
                     values[nz] = ((values[nz] * (255 - a) + _rgb(color)[c] * a + 127) // 255).astype(np.uint8)
                 channel = Image.fromarray(values.reshape(height, width), "L")
+                values_of.append(values)
             channels.append(channel)
-        return Image.merge("RGB", channels)
+        if not self._gray:  # general colours: measure ink on the real luma image, as the reference does
+            return FastPage(channels, _luma_ink_bbox(Image.merge("RGB", channels).convert("L"), self._bg_luma))
+        # grey text plus a few coloured pixels: grey ink from one channel, coloured ink at its pixels
+        bbox = _luma_ink_bbox(coverage.point(self._tables[0]), self._bg_luma)
+        touched = np.unique(np.concatenate([nz for _, nz in extra.values()]))
+        r, g, b = (v[touched].astype(np.int64) for v in values_of)
+        luma = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16  # PIL's RGB -> L
+        hits = touched[np.abs(luma - self._bg_luma) > 5]
+        if hits.size:
+            ys, xs = hits // width, hits % width
+            box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+            bbox = box if bbox is None else (min(bbox[0], box[0]), min(bbox[1], box[1]),
+                                             max(bbox[2], box[2]), max(bbox[3], box[3]))
+        return FastPage(channels, bbox)
 
     def _glyph_positions(self, lines):
         """Code point, x (pixels, fractional) and baseline row of every character on the page."""
