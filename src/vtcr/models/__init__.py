@@ -1,0 +1,57 @@
+"""Real-architecture VLMs, built and loaded offline.
+
+    init_model(arch, size, tokenizer, out_dir, seed=0, render_preset="dense") -> Path
+    load_model(path, device=None, dtype=None) -> (model, processor, meta)
+    load_processor(path) -> processor
+    build_inputs(processor, messages, images) -> BatchFeature for model(**inputs) / generate
+
+Families: "qwen3-vl", "qwen2.5-vl", "glm-4.1v"; sizes "tiny", "small", "2b", "8b"
+(see `vtcr.models.architectures` for what each size is). Names are imported lazily so that
+`import vtcr.models` does not load torch/transformers until something is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ARCHS": "architectures",
+    "SIZES": "architectures",
+    "Dims": "architectures",
+    "Family": "architectures",
+    "TokenIds": "architectures",
+    "build_config": "architectures",
+    "count_parameters": "architectures",
+    "dims": "architectures",
+    "family": "architectures",
+    "resolve_size": "architectures",
+    "chat_template": "chat_template",
+    "load_tokenizer": "tokenizer",
+    "prepare_tokenizer": "tokenizer",
+    "arch_of": "architectures",
+    "build_inputs": "processor",
+    "image_token_counts": "processor",
+    "load_processor": "processor",
+    "make_image_processor": "processor",
+    "make_processor": "processor",
+    "torchvision_available": "processor",
+    "META_FILE": "checkpoint",
+    "ModelMeta": "checkpoint",
+    "init_model": "checkpoint",
+    "load_model": "checkpoint",
+    "read_meta": "checkpoint",
+    "save_checkpoint": "checkpoint",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

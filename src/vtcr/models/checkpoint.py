@@ -1,0 +1,207 @@
+"""Create, save and load VLM checkpoints: ordinary Hugging Face folders plus a small ``vtcr.json``.
+
+``init_model`` builds a randomly initialised model of a real architecture (deterministic for a
+seed) with a tokenizer fitted to the family, the family's chat template and image processor, and
+saves it with ``save_pretrained``. ``load_model`` loads any such folder, or a real downloaded
+checkpoint of a supported family, with its processor and vtcr metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .architectures import arch_of, build_config, dims, family, resolve_size
+
+META_FILE = "vtcr.json"
+DEFAULT_RENDER_PRESET = "dense"
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What vtcr needs to know about a checkpoint beyond the HF files (``vtcr.json``).
+
+    The engine and the trainer read `render_preset` (how optical memory is rendered for this model)
+    and `max_image_pixels` (cap on each image's resized area; None: the family's own cap).
+    """
+
+    arch: str
+    size: str | None = None
+    render_preset: str = DEFAULT_RENDER_PRESET
+    created_by: str | None = None
+    max_image_pixels: int | None = None
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def read_meta(path: str | os.PathLike) -> ModelMeta:
+    """The folder's vtcr.json, or defaults derived from config.json when there is none."""
+    path = Path(path)
+    meta_file = path / META_FILE
+    if meta_file.is_file():
+        try:
+            return ModelMeta.from_dict(json.loads(meta_file.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"{meta_file} is not a valid vtcr.json: {exc}") from exc
+    return ModelMeta(arch=arch_of(path))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} already exists and is not empty (pass overwrite=True / --overwrite)")
+    return out
+
+
+def save_checkpoint(
+    model: Any, processor: Any, out_dir: str | os.PathLike, meta: ModelMeta, *, overwrite: bool = False
+) -> Path:
+    """Save model + processor + vtcr.json as one folder, atomically.
+
+    Everything is written to a hidden sibling folder first and renamed into place, so a crash
+    never leaves a half-written checkpoint under `out_dir`.
+    """
+    out = _check_out_dir(out_dir, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        model.save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
+        _write_text_atomic(tmp / META_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
+        # mkdtemp/mkstemp create owner-only entries; a checkpoint is meant to be shared.
+        os.chmod(tmp, 0o755)
+        for item in tmp.rglob("*"):
+            os.chmod(item, 0o755 if item.is_dir() else 0o644)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _torch_dtype(dtype: Any):
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        **dict.fromkeys(("bf16", "bfloat16"), torch.bfloat16),
+        **dict.fromkeys(("fp16", "float16", "half"), torch.float16),
+        **dict.fromkeys(("fp32", "float32", "float"), torch.float32),
+    }
+    if str(dtype).lower() not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(names)}")
+    return names[str(dtype).lower()]
+
+
+def init_model(
+    arch: str,
+    size: str,
+    tokenizer: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    render_preset: str = DEFAULT_RENDER_PRESET,
+    *,
+    device: str = "cpu",
+    dtype: Any = None,
+    overwrite: bool = False,
+) -> Path:
+    """Create a randomly initialised checkpoint of a real VLM architecture and return its folder.
+
+    arch: "qwen3-vl" | "qwen2.5-vl" | "glm-4.1v"; size: "tiny" | "small" | "2b" | "8b" (see
+    vtcr.models.architectures). tokenizer: a local folder / tokenizer.json, or a hub id when
+    online; the family's control tokens are added when missing and the config's token ids and
+    vocabulary follow the tokenizer. Same (arch, size, tokenizer, seed, device, dtype) -> same
+    weights. dtype: fp32 for tiny/small and bf16 for 2b/8b unless given; device: where weights
+    are initialised ("cuda" makes the 8b sizes fast).
+    """
+    fam = family(arch)
+    size = resolve_size(arch, size)  # validate before the slow imports and the model build
+    _check_out_dir(out_dir, overwrite)
+
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    from .processor import make_processor
+    from .tokenizer import load_tokenizer, prepare_tokenizer
+
+    torch_dtype = _torch_dtype(dtype) or (torch.float32 if size in ("tiny", "small") else torch.bfloat16)
+
+    tok = load_tokenizer(tokenizer)
+    ids = prepare_tokenizer(tok, arch, published_vocab_size=dims(arch, size).vocab_size)
+    config = build_config(arch, size, ids)
+
+    target = torch.device(device)
+    # Seed a forked RNG so that the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[target.index or 0] if target.type == "cuda" else []):
+        torch.manual_seed(seed)
+        with target:
+            model = AutoModelForImageTextToText.from_config(config, dtype=torch_dtype)
+    model.generation_config = GenerationConfig(eos_token_id=list(ids.stop), pad_token_id=ids.pad, bos_token_id=ids.bos)
+    model.eval()
+
+    processor = make_processor(arch, tok)
+    meta = ModelMeta(
+        arch=fam.arch, size=size, render_preset=render_preset, created_by="vtcr init-model",
+        max_image_pixels=None, seed=seed,
+    )  # fmt: skip
+    return save_checkpoint(model, processor, out_dir, meta, overwrite=overwrite)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(path: str | os.PathLike, device: Any = None, dtype: Any = None):
+    """Load a checkpoint folder: returns (model, processor, meta).
+
+    device: default "cuda" when available, else "cpu". dtype: default bf16 on CUDA, fp32 on CPU.
+    meta is the folder's vtcr.json (defaults for a real downloaded checkpoint without one).
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from .processor import load_processor
+
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a model folder: config.json is missing")
+    processor = load_processor(path)
+    meta = read_meta(path)
+    device = torch.device(device or default_device())
+    torch_dtype = _torch_dtype(dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model = AutoModelForImageTextToText.from_pretrained(
+        str(path), dtype=torch_dtype, device_map=None if device.type == "cpu" else str(device)
+    )
+    model.to(device)
+    model.eval()
+    return model, processor, meta
