@@ -13,6 +13,11 @@ import sys
 
 # Order here is the order of `vtcr --help`: the pipeline, left to right.
 COMMAND_MODULES = (
+    "render",
+    "compress",
+    "init_model",
+    "grade",
+    "demo",
 )
 
 
