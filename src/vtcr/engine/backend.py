@@ -1,0 +1,49 @@
+"""The one interface every generation backend implements (transformers in-process, OpenAI-compatible
+HTTP servers such as `vllm serve`, SGLang or `vtcr serve`).
+
+Messages are OpenAI-style chat messages whose content is a string or a list of parts; image parts
+carry PIL images in memory: {"type": "image", "image": <PIL.Image>}. Each backend converts them to
+what it needs (processor inputs; base64 data URLs on the wire).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: list[dict[str, Any]]
+    max_new_tokens: int
+    temperature: float = 0.6
+    top_p: float = 0.95
+    seed: int | None = None
+    # Identifies one problem's conversation across rounds, so a backend may keep the KV cache of its
+    # stable prefix (system, question, earlier images) and prefill only what is new. None: no reuse.
+    prefix_key: str | None = None
+    # Text the assistant turn starts with (the `text` mode continues earlier rounds' text).
+    assistant_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    generated_tokens: int
+    prompt_tokens: int  # tokens of the whole prompt (text + image placeholders)
+    prefill_tokens: int  # prompt tokens actually computed this call (prompt_tokens minus reused prefix)
+    vision_tokens: int  # image placeholder tokens in the prompt
+    finish_reason: str  # "stop" (end of turn) | "length" (hit max_new_tokens)
+    seconds: float  # wall time of the call (queueing excluded where the backend can tell)
+    preprocess_seconds: float = 0.0  # image preprocessing inside the backend, when measured
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str  # model name recorded in run records
+
+    def generate(self, request: GenerationRequest) -> GenerationResult: ...
+
+    def release(self, prefix_key: str) -> None:
+        """Forget any cached state of this conversation (called when a problem finishes)."""
+        ...
