@@ -70,8 +70,8 @@ def prepare_text(text: str) -> str:
 
 def source_lines(text: str) -> list[str]:
     """Cleaned text split on newlines, with 2+ space runs as no-break spaces (the reference's &nbsp;)."""
-    text = prepare_text(text)
-    return [_MULTI_SPACE.sub(lambda m: "\xa0" * len(m.group()), part) for part in text.split("\n")]
+    text = _MULTI_SPACE.sub(lambda m: "\xa0" * len(m.group()), prepare_text(text))
+    return text.split("\n")
 
 
 def is_blank(text: str) -> bool:
