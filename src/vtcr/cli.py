@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = (
     "render",
     "compress",
+    "build_data",
     "init_model",
     "grade",
     "demo",
