@@ -18,6 +18,15 @@ if ! command -v pdftoppm >/dev/null 2>&1; then
   fi
 fi
 
+# Test-only: headless Chromium (Debian's `chromium`) loads the eval viewer (tests/test_eval_run.py).
+if [[ $want_test -eq 1 ]] && ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    echo "install.sh: chromium missing (optional: the HTML viewer test is skipped)" >&2
+  fi
+fi
+
 # torch: keep whatever torch the user already has (e.g. a CUDA build); otherwise pin the
 # release whose CPU wheel this project is tested with.
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then

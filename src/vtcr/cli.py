@@ -17,7 +17,10 @@ COMMAND_MODULES = (
     "compress",
     "build_data",
     "init_model",
+    "reason",
     "grade",
+    "eval",
+    "serve",
     "demo",
 )
 

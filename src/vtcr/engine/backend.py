@@ -24,6 +24,9 @@ class GenerationRequest:
     prefix_key: str | None = None
     # Text the assistant turn starts with (the `text` mode continues earlier rounds' text).
     assistant_prefix: str = ""
+    # Hint for prefix caching: the next request of this prefix_key continues this one's output (the
+    # `text` mode), so a backend may keep the generated tokens' KV too. Backends may ignore it.
+    keep_generated: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,10 @@ class GenerationResult:
 
 
 class Backend(Protocol):
+    """Optional attributes the engine reads when present: `concurrency` (int: how many generate
+    calls may run at once from different threads; default 1) and `render_preset` (str: the render
+    preset the model was trained with; the engine's default otherwise)."""
+
     name: str  # model name recorded in run records
 
     def generate(self, request: GenerationRequest) -> GenerationResult: ...
