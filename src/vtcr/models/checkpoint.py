@@ -150,7 +150,9 @@ def init_model(
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
     from .processor import make_processor
-    from .tokenizer import load_tokenizer, prepare_tokenizer
+    from vtcr.tokens import load_tokenizer
+
+    from .tokenizer import prepare_tokenizer
 
     torch_dtype = _torch_dtype(dtype) or (torch.float32 if size in ("tiny", "small") else torch.bfloat16)
 

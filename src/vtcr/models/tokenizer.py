@@ -1,39 +1,10 @@
-"""Tokenizers: load one from a folder, a file or a hub id, and fit it to an architecture family."""
+"""Fit a tokenizer to an architecture family (loading is `vtcr.tokens.load_tokenizer`)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from .architectures import TokenIds, family
-
-
-def load_tokenizer(source: str | os.PathLike) -> Any:
-    """A tokenizer from a local folder, a ``tokenizer.json`` file, or a hub id (when online).
-
-    A file is read with its folder when the folder holds ``tokenizer_config.json`` (special tokens,
-    class); a bare ``tokenizer.json`` becomes a plain fast tokenizer.
-    """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return AutoTokenizer.from_pretrained(str(path))
-    if path.is_file():
-        if (path.parent / "tokenizer_config.json").is_file() and path.name == "tokenizer.json":
-            return AutoTokenizer.from_pretrained(str(path.parent))
-        return PreTrainedTokenizerFast(tokenizer_file=str(path))
-    text = str(source)
-    if text.startswith((".", "/", "~")) or text.count("/") > 1 or text.endswith(".json"):
-        raise FileNotFoundError(f"tokenizer {text!r} does not exist (expected a folder, a tokenizer.json or a hub id)")
-    try:
-        return AutoTokenizer.from_pretrained(text)
-    except (OSError, ValueError) as exc:
-        raise FileNotFoundError(
-            f"tokenizer {text!r} is neither a local folder/file nor a reachable hub id "
-            f"(offline? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}): {exc}"
-        ) from exc
 
 
 def _round_up(n: int, multiple: int) -> int:
