@@ -5,7 +5,9 @@
 Speed: every backend renders the same finished traces, interleaved text by text (so machine noise
 hits all backends alike), each timed from text to in-memory images: wall time, and CPU time of this
 process plus its children (pdftoppm runs as a child), which other load on a shared machine disturbs
-less. `reference` is the paper's pipeline: reportlab -> PDF -> poppler pdftoppm (skipped with a
+less. As `timeit` does, the garbage collector is paused during each timed call (for every backend
+alike), so one backend's garbage is not collected on another's clock. `reference` is
+the paper's pipeline: reportlab -> PDF -> poppler pdftoppm (skipped with a
 message when poppler is absent).
 Compression: real Qwen3 text tokens of each finished trace's reasoning (the text inside the thought
 tags) / vision tokens of its rendered pages, per preset and model family, pooled over all traces.
@@ -14,6 +16,7 @@ tags) / vision tokens of its rendered pages, per preset and model family, pooled
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import json
 import os
@@ -42,10 +45,14 @@ def measure_speed(texts: list[str], preset_name: str, backends: list[str]) -> di
     pages = dict.fromkeys(backends, 0)
     for text in tqdm(texts, desc=f"speed {preset_name}", leave=False):
         for backend, renderer in renderers.items():
-            start, start_cpu = time.perf_counter(), _cpu_seconds()
-            out = renderer.render(text)
-            seconds[backend] += time.perf_counter() - start
-            cpu[backend] += _cpu_seconds() - start_cpu
+            gc.disable()
+            try:
+                start, start_cpu = time.perf_counter(), _cpu_seconds()
+                out = renderer.render(text)
+                seconds[backend] += time.perf_counter() - start
+                cpu[backend] += _cpu_seconds() - start_cpu
+            finally:
+                gc.enable()
             pages[backend] += len(out)
     chars = sum(map(len, texts))
     return {b: {"chars_per_s": chars / seconds[b], "ms_per_page": 1000 * seconds[b] / max(pages[b], 1),

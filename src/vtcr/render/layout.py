@@ -255,9 +255,12 @@ class LayoutEngine:
                              "use backend='reportlab' for such configs")
         self.cfg = cfg
         self.font = load_font(cfg.resolved_font_path())
-        self.width_of = lambda text: self.font.width(text, cfg.font_size)
+        self.width_of = self.font.width_function(cfg.font_size)
         self.geometry = Geometry.of(cfg)
         self.newline = parse_newline_markup(cfg.newline_markup)
+        # only a coloured or glued inline marker makes Word objects (runs in other colours)
+        nl = self.newline
+        self._coloured = not nl.is_break and not (nl.space_before and nl.space_after and nl.color is None)
         self._widths: dict = {}
         g = self.geometry
         if int((g.frame_height + _FUZZ) / g.leading) < 2:
@@ -339,7 +342,7 @@ class LayoutEngine:
                 x += slack
         colors: list[tuple[int, int, str]] = []
         text = " ".join(words)
-        if any(type(w) is Word for w in words):
+        if self._coloured and any(type(w) is Word for w in words):
             pos = 0
             for word in words:
                 for piece, color in getattr(word, "runs", ((word, None),)):
