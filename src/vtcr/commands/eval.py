@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--round-tokens", type=int, default=8192, metavar="N", help="new tokens per round (default 8192)")
     parser.add_argument("--temperature", type=float, default=0.6, metavar="T", help="sampling temperature (default 0.6)")
     parser.add_argument("--top-p", type=float, default=0.95, metavar="P", help="nucleus sampling (default 0.95)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="base seed; sample k uses S+k (default 0)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="base seed; each problem x sample gets a seed derived from it, the same in every mode (default 0)")
     parser.add_argument("--render-preset", metavar="NAME", help="render preset (default: the model's own)")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N",
                         help="problem x sample runs handed to the engine at once (default 64)")

@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Serve one VLM checkpoint over HTTP: GET /v1/models, POST /v1/chat/completions (non-streaming; "
             "images as base64 data URLs only, never fetched from the network), GET /health. Requests are "
             "generated one at a time. Prints the listening URL once the model is loaded; stops on Ctrl-C "
-            "or SIGTERM. Point `--backend openai --base-url URL` at it, or any OpenAI client."
+            "or SIGTERM. Point `vtcr reason --server URL --served-model NAME` (or any OpenAI client) at it."
         ),
     )
     parser.add_argument(
