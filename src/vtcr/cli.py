@@ -17,6 +17,8 @@ COMMAND_MODULES = (
     "compress",
     "build_data",
     "init_model",
+    "train",
+    "export_llamafactory",
     "reason",
     "grade",
     "eval",

@@ -1,0 +1,45 @@
+"""Supervised fine-tuning on vtcr builds, the LLaMA-Factory export, and vtcr's built-in model.
+
+    from vtcr.train import TrainConfig, train
+    result = train(TrainConfig(data="build/", model="ckpt/", out="trained/", lr=1e-5))
+
+Modules: `config` (TrainConfig), `data` (samples from a build folder, the truncation rule, the
+encoder shared with inference, the collator), `trainer` (the Trainer run, resume, LoRA, the final
+checkpoint), `llamafactory` (`export_llamafactory`), `builtin` (the synthetic optical-memory
+task and `ensure_builtin_model`). Names are imported lazily: `import vtcr.train` loads no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TrainConfig": "config",
+    "BuildInfo": "data",
+    "Collator": "data",
+    "DataPlan": "data",
+    "Sample": "data",
+    "SampleEncoder": "data",
+    "load_samples": "data",
+    "read_build": "data",
+    "TrainResult": "trainer",
+    "last_checkpoint": "trainer",
+    "train": "trainer",
+    "export_llamafactory": "llamafactory",
+    "LlamaFactoryExport": "llamafactory",
+    "ensure_builtin_model": "builtin",
+    "builtin_model_dir": "builtin",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,120 @@
+"""`TrainConfig`: everything one `vtcr train` run needs, as a frozen dataclass that round-trips JSON.
+
+Defaults are the VTC-R1 recipe (LLaMA-Factory, Glyph): language model only (vision tower and
+projector frozen), lr 1e-5, cosine schedule, 10% warm-up, one epoch, cutoff 32768, batch 1 x 8
+accumulation steps; bf16 on CUDA, fp32 on CPU. One difference on purpose: images are NOT shrunk
+to 262,144 pixels for training; the cap (`max_image_pixels`) is the one inference uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+MODES = ("vtc", "standard")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+CONFIG_FILE = "train_config.json"
+
+# Fields a resumed run may change: they do not change what is trained or in which order.
+RESUME_FREE = frozenset({"save_steps", "save_total_limit", "logging_steps", "workers", "progress"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One SFT run. `data`: a `vtcr build-data` folder; `model`: checkpoint folder or hub id.
+
+    max_image_pixels: cap on each image's resized area during training, written into the saved
+    processor and vtcr.json so inference uses the same (None: the starting checkpoint's vtcr.json
+    cap, else the processor's own maximum -- full pages). cutoff_len: most tokens per sample (see
+    `vtcr.train.data` for the truncation rule). max_steps: optimizer steps (overrides epochs).
+    render_preset: the preset recorded in the checkpoint (None: the data build's).
+    dtype: weights during training; "auto" is fp32 weights (bf16 autocast on CUDA) for full
+    fine-tuning, and a bf16 frozen base on CUDA with LoRA.
+    """
+
+    data: str
+    model: str
+    out: str
+    mode: str = "vtc"
+    epochs: float = 1.0
+    max_steps: int | None = None
+    lr: float = 1e-5
+    batch_size: int = 1
+    grad_accum: int = 8
+    warmup_ratio: float = 0.1
+    scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    freeze_vision: bool = True
+    max_image_pixels: int | None = None
+    cutoff_len: int = 32768
+    seed: int = 0
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
+    deepspeed: str | None = None
+    render_preset: str | None = None
+    save_steps: int = 500
+    save_total_limit: int | None = 2
+    logging_steps: int = 1
+    workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        for name in ("batch_size", "grad_accum", "cutoff_len", "save_steps", "logging_steps", "lora_r"):
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("workers", self.workers, minimum=0)
+        _check_int("seed", self.seed, minimum=None)
+        for name in ("max_steps", "max_image_pixels", "save_total_limit"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1)
+        if not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
+            raise ValueError(f"epochs must be a positive number, got {self.epochs!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys: {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text_or_path: str | os.PathLike) -> TrainConfig:
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text(encoding="utf-8")
+        return cls.from_dict(json.loads(text))
+
+    def resume_diffs(self, other: TrainConfig) -> list[str]:
+        """Settings that differ from `other` and would change the run (RESUME_FREE aside)."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{k}: {a[k]!r} (folder) vs {b[k]!r} (now)" for k in a if k not in RESUME_FREE and a[k] != b[k]]
+
+
+def _check_int(name: str, value: Any, minimum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{name} must be an int{bound}, got {value!r}")
