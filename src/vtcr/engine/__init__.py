@@ -12,8 +12,8 @@ lazily, so `import vtcr.engine` loads no torch until a backend is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vtcr._lazy import lazy_exports
+
 
 _EXPORTS = {
     "Backend": "backend",
@@ -33,14 +33,4 @@ _EXPORTS = {
     "TransformersBackend": "transformers_backend",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -12,8 +12,8 @@ Families: "qwen3-vl", "qwen2.5-vl", "glm-4.1v"; sizes "tiny", "small", "2b", "8b
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vtcr._lazy import lazy_exports
+
 
 _EXPORTS = {
     "ARCHS": "architectures",
@@ -43,14 +43,4 @@ _EXPORTS = {
     "save_checkpoint": "checkpoint",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -11,8 +11,8 @@ task and `ensure_builtin_model`). Names are imported lazily: `import vtcr.train`
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vtcr._lazy import lazy_exports
+
 
 _EXPORTS = {
     "TrainConfig": "config",
@@ -32,14 +32,4 @@ _EXPORTS = {
     "builtin_model_dir": "builtin",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
