@@ -139,7 +139,7 @@ def test_masked_loss_equals_transformers_loss(build_dir, tiny_qwen3):
     processor = load_processor(tiny_qwen3)
     encoder = SampleEncoder(processor, cutoff_len=480)
     samples = load_samples(read_build(build_dir))
-    feats = [encoder.encode(samples[i]) for i in (0, 1, 3)]
+    feats = [encoder.encode(samples[i]) for i in (1, 3)]  # different lengths: padding is exercised
     batch = Collator(processor.tokenizer.pad_token_id, encoder.image_token_id)(feats)
     model = AutoModelForImageTextToText.from_pretrained(str(tiny_qwen3), dtype=torch.float32)
     with torch.no_grad():
@@ -157,16 +157,16 @@ def test_masked_loss_equals_transformers_loss(build_dir, tiny_qwen3):
 
 def test_training_lowers_the_loss_and_the_checkpoint_loads_in_the_engine(build_dir, tiny_qwen3, tmp_path):
     out = tmp_path / "run"
-    result = train(config(build_dir, tiny_qwen3, out, max_steps=24))
+    result = train(config(build_dir, tiny_qwen3, out, max_steps=20, lr=3e-3))
     log = json.loads((out / "train_log.json").read_text())
     losses = [h["loss"] for h in log["loss_history"]]
-    assert result.global_step == 24 and len(losses) == 24
+    assert result.global_step == 20 and len(losses) == 20
     assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4, losses  # the same few samples, seen repeatedly
     assert log["data"]["truncated"] > 0 and log["data"]["kept"] + log["data"]["dropped_prompt_too_long"] == log["data"]["samples"]
     assert log["timing"]["seconds_per_step"] > 0 and log["memory"]["peak_rss_bytes"] > 0
     assert (out / "loss.png").stat().st_size > 0
     saved = TrainConfig.from_json(out / "train_config.json")
-    assert saved == TrainConfig.from_json(saved.to_json()) and saved.out == str(out.resolve()) and saved.max_steps == 24
+    assert saved == TrainConfig.from_json(saved.to_json()) and saved.out == str(out.resolve()) and saved.max_steps == 20
     meta = json.loads((out / "vtcr.json").read_text())
     assert meta["render_preset"] == json.loads((build_dir / "build.json").read_text())["preset"]
     assert meta["max_image_pixels"] is None and meta["created_by"] == "vtcr train"
@@ -226,31 +226,31 @@ def test_lora_saves_and_reloads_and_image_size_parity(build_dir, tiny_qwen3, tmp
 def test_interrupted_run_resumes_from_its_checkpoint(build_dir, tiny_qwen3, tmp_path):
     out = tmp_path / "resume"
     cmd = [sys.executable, "-m", "vtcr.cli", "train", "--data", str(build_dir), "--model", str(tiny_qwen3),
-           "--out", str(out), "--max-steps", "8", "--save-steps", "2", "--lr", "2e-3", "--batch-size", "2",
+           "--out", str(out), "--max-steps", "6", "--save-steps", "2", "--lr", "2e-3", "--batch-size", "2",
            "--grad-accum", "1", "--warmup-ratio", "0", "--cutoff-len", "480", "--scheduler", "constant",
            "--no-progress"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while last_checkpoint(out / "checkpoints") is None or last_checkpoint(out / "checkpoints").name == "checkpoint-2":
+        while last_checkpoint(out / "checkpoints") is None:
             assert proc.poll() is None, "the run ended before it could be interrupted"
-            assert time.monotonic() < deadline, "no checkpoint-4 within 120 s"
-            time.sleep(0.2)
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not (out / "train_log.json").exists()
     ckpt = last_checkpoint(out / "checkpoints")
     done = int(ckpt.name.split("-")[1])
-    assert 4 <= done < 8
+    assert 2 <= done < 6
     # Different settings are refused, naming the setting.
     with pytest.raises(ValueError, match="lr"):
         train(TrainConfig.from_dict({**TrainConfig.from_json(out / "train_config.json").to_dict(), "lr": 1e-4}))
     result = train(TrainConfig.from_json(out / "train_config.json"))
-    assert result.resumed_from == ckpt.name and result.global_step == 8
+    assert result.resumed_from == ckpt.name and result.global_step == 6
     steps = [h["step"] for h in result.log["loss_history"]]
-    assert steps == list(range(1, 9))  # the killed run's history is kept, then continued
+    assert steps == list(range(1, 7))  # the killed run's history is kept, then continued
     with pytest.raises(ValueError, match="finished"):
         train(TrainConfig.from_json(out / "train_config.json"))
 

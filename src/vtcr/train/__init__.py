@@ -28,8 +28,11 @@ _EXPORTS = {
     "train": "trainer",
     "export_llamafactory": "llamafactory",
     "LlamaFactoryExport": "llamafactory",
-    "ensure_builtin_model": "builtin",
+    "BuiltinRecipe": "builtin",
+    "builtin_engine_config": "builtin",
     "builtin_model_dir": "builtin",
+    "ensure_builtin_model": "builtin",
+    "evaluate_builtin": "builtin",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

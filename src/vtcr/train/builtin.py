@@ -8,7 +8,7 @@ them one per round, one fixed-width line each -- the item, the running sum so fa
     g9 | 10+9=19         round 3 (sees the pages of rounds 1-2)
     p2 | 19+2=21</think>  round 4, then <answer>21</answer>
 
-Every line is one segment (the real builder cuts it so: `segment_tokens` 16 holds one 12-token line,
+Every line is one segment (the real builder cuts it so: `segment_tokens` 16 holds one 13-token line,
 never two), so each round after the first must take the state -- which item was added last, and
 the sum so far -- from the last page image: the images are the model's only memory. In `no-memory`
 mode the model sees the question alone every round, starts over, and never finishes; in `vtc`
@@ -58,12 +58,12 @@ class BuiltinRecipe:
     preset: str = "dense"
     lr: float = 1e-3
     epochs: float = 3.0
-    batch_size: int = 16
+    batch_size: int = 8
     warmup_ratio: float = 0.05
     cutoff_len: int = 1024
     workers: int = 1  # a DataLoader process decodes and resizes pages while the model trains
-    # Pages are single short lines; the cap keeps them at ~36 vision tokens (the family's minimum
-    # would blow them up to ~70). Training and inference use it alike (vtcr.json).
+    # Pages are single short lines; the cap keeps them at 40 vision tokens (the family's minimum
+    # area would blow them up to 80). Training and inference use it alike (vtcr.json).
     max_image_pixels: int = 32768
 
     def __post_init__(self) -> None:
@@ -253,7 +253,7 @@ def ensure_builtin_model(
     progress: bool = False,
     force: bool = False,
 ) -> Path:
-    """The built-in checkpoint folder, trained now (deterministically, ~1-2 min on a laptop CPU)
+    """The built-in checkpoint folder, trained now (deterministically; ~3 min on a 2-core CPU)
     unless already cached. The folder is a normal vtcr checkpoint: pass it to `vtcr reason --model`.
     """
     recipe = recipe or BuiltinRecipe()

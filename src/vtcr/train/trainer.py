@@ -332,10 +332,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
             f"no sample fits cutoff_len {config.cutoff_len}: all {plan.samples} prompts are longer "
             "(raise --cutoff-len or lower --max-image-pixels)"
         )
-    resume = prepare_out_dir(config, overwrite)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(out / CONFIG_FILE, config.to_json())
 
     import torch
     from transformers import AutoModelForImageTextToText, TrainingArguments
@@ -369,6 +366,13 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
         disable_tqdm=not config.progress,
         **_checkpointing_kwargs(config.gradient_checkpointing),
     )  # fmt: skip
+    # Several processes (torchrun, accelerate, deepspeed): the main one sets the folder up first;
+    # the others then find its train_config.json and make the same resume decision.
+    with args.main_process_first(desc="prepare the output folder"):
+        resume = prepare_out_dir(config, overwrite and args.process_index == 0)
+        if args.process_index == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            _write_text_atomic(out / CONFIG_FILE, config.to_json())
     # Weights: fp32 for full fine-tuning (bf16 autocast on CUDA keeps fp32 master weights); a
     # frozen bf16 base is enough under LoRA.
     if config.dtype != "auto":
@@ -400,13 +404,13 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_seconds = time.perf_counter() - started
 
+    meta = ModelMeta(
+        arch=start_meta.arch, size=start_meta.size, render_preset=render_preset, created_by="vtcr train",
+        max_image_pixels=cap, seed=config.seed,
+    )  # fmt: skip
+    _save_final(trainer, processor, meta, config, model_path, cap)  # every process: sharded weights are gathered
     log: dict[str, Any] = {}
     if trainer.args.should_save:
-        meta = ModelMeta(
-            arch=start_meta.arch, size=start_meta.size, render_preset=render_preset, created_by="vtcr train",
-            max_image_pixels=cap, seed=config.seed,
-        )  # fmt: skip
-        _save_final(trainer, processor, meta, config, model_path, cap)
         history = [h for h in trainer.state.log_history if "loss" in h]
         log = {
             "finished": True,
@@ -449,49 +453,54 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def _save_final(trainer: Any, processor: Any, meta: Any, config: TrainConfig, model_path: Path, cap: int | None) -> None:
-    """Write the engine-loadable checkpoint into OUT: weights (LoRA merged), capped processor, vtcr.json."""
-    from vtcr.models.checkpoint import save_checkpoint
+    """Write the engine-loadable checkpoint into OUT: weights (LoRA merged), capped processor, vtcr.json.
+
+    Called by every process (gathering sharded weights needs them all); only the main one writes.
+    """
+    from vtcr.models.checkpoint import META_FILE, save_checkpoint
     from vtcr.models.processor import image_size_budget
 
     out = Path(config.out)
-    if cap is not None:
-        # The saved processor resizes exactly as training did, even for a reader that ignores vtcr.json.
-        processor.image_processor.size = image_size_budget(processor, cap)
+    main = trainer.args.should_save
+    staging = out / ".final-staging"  # the same path in every process
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        if cap is not None:
+            # The saved processor resizes exactly as training did, even for a reader that ignores vtcr.json.
+            processor.image_processor.size = image_size_budget(processor, cap)
+    trainer.accelerator.wait_for_everyone()
     save_dtype = _saved_dtype(model_path)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".final-"))
+    final = staging / "checkpoint"
+    sharded = trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled
     try:
         if config.lora:
-            # Merge from what is on disk: base + saved adapter (the documented reload path).
-            import torch
-            from peft import PeftModel
-            from transformers import AutoModelForImageTextToText
+            trainer.save_model(str(staging / ADAPTER_DIR))  # the adapter only
+            if main:
+                # Merge from what is on disk: base + saved adapter (the documented reload path).
+                import torch
+                from peft import PeftModel
+                from transformers import AutoModelForImageTextToText
 
-            adapter_tmp = staging / ADAPTER_DIR
-            trainer.save_model(str(adapter_tmp))
-            base = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=save_dtype)
-            with torch.no_grad():
-                merged = PeftModel.from_pretrained(base, str(adapter_tmp)).merge_and_unload()
-            model = merged
-        else:
-            model = trainer.accelerator.unwrap_model(trainer.model)
-            if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
-                trainer.save_model(str(staging / "weights"))  # gathers sharded weights
-                model = None
-            else:
-                model = model.to(save_dtype)
-        final = staging / "checkpoint"
-        if model is not None:
-            model.eval()
+                base = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=save_dtype)
+                with torch.no_grad():
+                    merged = PeftModel.from_pretrained(base, str(staging / ADAPTER_DIR)).merge_and_unload()
+                save_checkpoint(merged.eval(), processor, final, meta)
+                os.replace(staging / ADAPTER_DIR, final / ADAPTER_DIR)
+        elif sharded:
+            trainer.save_model(str(final))  # gathers the shards; written by the main process
+            if main:
+                processor.save_pretrained(str(final))
+                _write_text_atomic(final / META_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
+        elif main:
+            model = trainer.accelerator.unwrap_model(trainer.model).to(save_dtype).eval()
             save_checkpoint(model, processor, final, meta)
-        else:  # sharded run: weights from Trainer, then processor + vtcr.json beside them
-            (staging / "weights").rename(final)
-            processor.save_pretrained(str(final))
-            (final / "vtcr.json").write_text(json.dumps(meta.to_dict(), indent=2) + "\n", encoding="utf-8")
-        if config.lora:
-            os.replace(staging / ADAPTER_DIR, final / ADAPTER_DIR)
-        _publish(final, out)
+        if main:
+            _publish(final, out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
 
 
 __all__ = ["TrainResult", "last_checkpoint", "prepare_out_dir", "train"]
