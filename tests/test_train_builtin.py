@@ -121,17 +121,23 @@ def test_trained_builtin_model_reasons_over_rounds_through_the_engine(tmp_path, 
     assert not blind.finished and blind.stop_reason == "max_rounds"
     assert all(r.images == 0 for r in blind.rounds)
 
-    # The demo's reasoning part, on the same checkpoint: round by round, records written per mode.
+    # The demo's reasoning part, on the same checkpoint: the first question round by round, a table
+    # of every question, records and pages written per mode.
     from vtcr.commands.demo import _reason_part
 
-    gold = str(sum(parse_question(q)))
-    records = _reason_part(q, gold, path, tmp_path / "demo")
+    questions = [(q, str(sum(parse_question(q)))), heldout_questions(2)[1]]
+    records = _reason_part(questions, path, tmp_path / "demo")
     shown = capsys.readouterr().out
     assert "round 2: given 1 page(s)" in shown and f"[vtc] {q}" in shown and "[no-memory]" in shown
-    assert records["vtc"].finished and not records["no-memory"].finished
-    saved = json.loads((tmp_path / "demo" / "runs" / "vtc" / "run.json").read_text())
-    assert saved["answer"] == records["vtc"].answer
-    assert (tmp_path / "demo" / "runs" / "vtc" / "run_pages" / "round_01_page_001.png").is_file()
+    assert all(line.startswith(f"  round {k}:") for k, line in enumerate(
+        [ln for ln in shown.split("[no-memory]")[0].splitlines() if ln.startswith("  round")], start=1))  # fmt: skip
+    assert records["vtc"][0].finished and not any(r.finished for r in records["no-memory"])
+    assert "no-memory: 0/2 correct, 0/2 finished" in shown
+    for mode in ("vtc", "no-memory"):
+        for i, record in enumerate(records[mode], start=1):
+            saved = json.loads((tmp_path / "demo" / "runs" / mode / f"q{i:02d}.json").read_text())
+            assert saved["answer"] == record.answer and len(saved["rounds"]) == len(record.rounds)
+    assert (tmp_path / "demo" / "runs" / "vtc" / "q01_pages" / "round_01_page_001.png").is_file()
 
 
 def test_demo_without_the_model_renders_and_reports_compression(tmp_path, capsys):
@@ -149,3 +155,8 @@ def test_demo_refuses_a_question_the_builtin_model_cannot_answer(tmp_path, capsy
     err = capsys.readouterr().err
     assert repr(text) in err and "3-5 items" in err
     assert not (tmp_path / "demo").exists()  # refused before any work
+
+
+def test_demo_refuses_a_bad_question_count(tmp_path, capsys):
+    assert cli_main(["demo", "--questions", "0", "--out", str(tmp_path / "demo")]) == 2
+    assert "--questions 0" in capsys.readouterr().err and not (tmp_path / "demo").exists()
