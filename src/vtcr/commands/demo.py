@@ -3,11 +3,11 @@
 1. Optical memory and its cost: a reasoning trace (the built-in sample, or --input FILE) rendered with
    both presets, pages written to --out, tokens compared per model family.
 2. Optical-memory reasoning: vtcr's built-in model (a tiny Qwen3-VL that vtcr trains itself on a
-   synthetic running-sum task, ~6 minutes on a 2-core CPU the first time, then cached) answers
+   synthetic running-sum task, ~9 minutes on a 2-core CPU the first time, then cached) answers
    held-out questions in `vtc` mode, reading its earlier rounds from page images, and in `no-memory`
    mode (no pages), where it starts over every round. The first question is shown round by round,
    then every question's answers and the accuracy per mode: the model is small and makes mistakes
-   (about 60% correct in `vtc` mode, 0% without memory; recipes/builtin.md).
+   (about 75% correct in `vtc` mode, 0% without memory; recipes/builtin.md).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class BuiltinRecipe:
     segment_tokens: int = 16
     preset: str = "dense"
     lr: float = 1e-3
-    epochs: float = 6.0
+    epochs: float = 10.0
     batch_size: int = 8
     warmup_ratio: float = 0.05
     cutoff_len: int = 1024
@@ -253,7 +253,7 @@ def ensure_builtin_model(
     progress: bool = False,
     force: bool = False,
 ) -> Path:
-    """The built-in checkpoint folder, trained now (deterministically; ~6 min on a 2-core CPU)
+    """The built-in checkpoint folder, trained now (deterministically; ~9 min on a 2-core CPU)
     unless already cached. The folder is a normal vtcr checkpoint: pass it to `vtcr reason --model`.
     """
     recipe = recipe or BuiltinRecipe()
