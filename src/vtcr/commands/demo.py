@@ -80,7 +80,7 @@ def _reason_part(questions: list[tuple[str, str]], model_dir: Path, out: Path) -
 
     The first question is shown round by round; records and pages go to OUT/runs/MODE/qNN.json."""
     from vtcr.engine import TransformersBackend, reason_many, write_run
-    from vtcr.train.builtin import builtin_engine_config
+    from vtcr.train.builtin import answered_correctly, builtin_engine_config
 
     print(f"model: {model_dir}")
     backend = TransformersBackend.from_pretrained(model_dir, device="cpu")
@@ -99,7 +99,7 @@ def _reason_part(questions: list[tuple[str, str]], model_dir: Path, out: Path) -
             write_run(record, out / "runs" / mode, name=f"q{i:02d}")
 
     def verdict(record, gold: str) -> str:
-        ok = record.finished and record.answer == gold
+        ok = answered_correctly(record, gold)
         return f"{record.answer or '-'} {'ok' if ok else 'wrong'} ({len(record.rounds)} rounds)"
 
     width = max(len(q) for q, _ in questions)
@@ -107,7 +107,7 @@ def _reason_part(questions: list[tuple[str, str]], model_dir: Path, out: Path) -
     for i, (q, gold) in enumerate(questions):
         print(f"{q:<{width}}  {gold:>4}  {verdict(records['vtc'][i], gold):<22}  {verdict(records['no-memory'][i], gold)}")
     for mode, recs in records.items():
-        correct = sum(r.finished and r.answer == g for r, (_, g) in zip(recs, questions))
+        correct = sum(answered_correctly(r, g) for r, (_, g) in zip(recs, questions))
         finished = sum(r.finished for r in recs)
         print(f"{mode}: {correct}/{len(questions)} correct, {finished}/{len(questions)} finished")
     print(f"run records and pages in {out / 'runs'}/")

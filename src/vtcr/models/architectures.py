@@ -105,6 +105,22 @@ QWEN_SPECIAL = (
     "<|video_pad|>",
 )
 
+# Qwen2.5-VL and Qwen3-VL use the same chat and vision tokens.
+QWEN_TOKENS = MappingProxyType(
+    dict(
+        image_token="<|image_pad|>",
+        video_token="<|video_pad|>",
+        image_start_token="<|vision_start|>",
+        image_end_token="<|vision_end|>",
+        video_start_token="<|vision_start|>",
+        video_end_token="<|vision_end|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        stop_tokens=("<|im_end|>", "<|endoftext|>"),
+        special_tokens=QWEN_SPECIAL,
+    )
+)
+
 FAMILIES = MappingProxyType(
     {
         "qwen3-vl": Family(
@@ -118,16 +134,7 @@ FAMILIES = MappingProxyType(
             image_mean=(0.5, 0.5, 0.5),
             image_std=(0.5, 0.5, 0.5),
             budget_frames=1,
-            image_token="<|image_pad|>",
-            video_token="<|video_pad|>",
-            image_start_token="<|vision_start|>",
-            image_end_token="<|vision_end|>",
-            video_start_token="<|vision_start|>",
-            video_end_token="<|vision_end|>",
-            eos_token="<|im_end|>",
-            pad_token="<|endoftext|>",
-            stop_tokens=("<|im_end|>", "<|endoftext|>"),
-            special_tokens=QWEN_SPECIAL,
+            **QWEN_TOKENS,
         ),
         "qwen2.5-vl": Family(
             arch="qwen2.5-vl",
@@ -140,16 +147,7 @@ FAMILIES = MappingProxyType(
             image_mean=OPENAI_CLIP_MEAN,
             image_std=OPENAI_CLIP_STD,
             budget_frames=1,
-            image_token="<|image_pad|>",
-            video_token="<|video_pad|>",
-            image_start_token="<|vision_start|>",
-            image_end_token="<|vision_end|>",
-            video_start_token="<|vision_start|>",
-            video_end_token="<|vision_end|>",
-            eos_token="<|im_end|>",
-            pad_token="<|endoftext|>",
-            stop_tokens=("<|im_end|>", "<|endoftext|>"),
-            special_tokens=QWEN_SPECIAL,
+            **QWEN_TOKENS,
         ),
         "glm-4.1v": Family(
             arch="glm-4.1v",

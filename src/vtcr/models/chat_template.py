@@ -18,22 +18,28 @@ tokens an SFT loss should cover (for Qwen including the closing ``<|im_end|>``).
 
 from __future__ import annotations
 
-# Renders one message's content: a string, or a list of image/text items.
-_QWEN_CONTENT = r"""
+
+def _content_macro(image_placeholder: str) -> str:
+    """Jinja macro rendering one message's content: a string, or a list of image/text items
+    (each image becomes the family's placeholder, which the processor expands)."""
+    return r"""
 {%- macro render_content(content) -%}
     {%- if content is string -%}
         {{- content -}}
     {%- else -%}
         {%- for item in content -%}
             {%- if item.type in ['image', 'image_url'] or 'image' in item -%}
-                {{- '<|vision_start|><|image_pad|><|vision_end|>' -}}
+                {{- 'PLACEHOLDER' -}}
             {%- elif item.type == 'text' -%}
                 {{- item.text -}}
             {%- endif -%}
         {%- endfor -%}
     {%- endif -%}
 {%- endmacro -%}
-"""
+""".replace("PLACEHOLDER", image_placeholder)
+
+
+_QWEN_CONTENT = _content_macro("<|vision_start|><|image_pad|><|vision_end|>")
 
 _QWEN_TURNS = r"""
 {%- for message in messages -%}
@@ -67,21 +73,9 @@ QWEN2_5_VL_TEMPLATE = (
     + _QWEN_TURNS
 )
 
-GLM4V_TEMPLATE = r"""
-{%- macro render_content(content) -%}
-    {%- if content is string -%}
-        {{- content -}}
-    {%- else -%}
-        {%- for item in content -%}
-            {%- if item.type in ['image', 'image_url'] or 'image' in item -%}
-                {{- '<|begin_of_image|><|image|><|end_of_image|>' -}}
-            {%- elif item.type == 'text' -%}
-                {{- item.text -}}
-            {%- endif -%}
-        {%- endfor -%}
-    {%- endif -%}
-{%- endmacro -%}
-{{- '[gMASK]<sop>' -}}
+GLM4V_TEMPLATE = (
+    _content_macro("<|begin_of_image|><|image|><|end_of_image|>")
+    + r"""{{- '[gMASK]<sop>' -}}
 {%- for message in messages -%}
     {%- if message.role == 'assistant' -%}
         {{- '<|assistant|>\n' -}}
@@ -96,6 +90,7 @@ GLM4V_TEMPLATE = r"""
     {{- '<|assistant|>\n' -}}
 {%- endif -%}
 """
+)
 
 _TEMPLATES = {"qwen3-vl": QWEN3_VL_TEMPLATE, "qwen2.5-vl": QWEN2_5_VL_TEMPLATE, "glm-4.1v": GLM4V_TEMPLATE}
 

@@ -303,6 +303,11 @@ def train_builtin(recipe: BuiltinRecipe, model_dir: Path, data_dir: Path, out: P
     return train(config)
 
 
+def answered_correctly(record, gold: str) -> bool:
+    """A run of the task is correct when it finished with exactly the gold sum."""
+    return record.finished and (record.answer or "").strip() == gold
+
+
 def evaluate_builtin(
     model_dir: str | os.PathLike, questions: list[tuple[str, str]] | None = None, modes: tuple[str, ...] = ("vtc", "no-memory")
 ) -> dict[str, Any]:
@@ -315,7 +320,7 @@ def evaluate_builtin(
     for mode in modes:
         started = time.perf_counter()
         records = reason_many([q for q, _ in questions], backend, builtin_engine_config(mode))
-        correct = sum(1 for r, (_, a) in zip(records, questions) if r.finished and (r.answer or "").strip() == a)
+        correct = sum(answered_correctly(r, a) for r, (_, a) in zip(records, questions))
         out[mode] = {
             "accuracy": correct / len(questions),
             "finished": sum(r.finished for r in records) / len(questions),
@@ -326,6 +331,6 @@ def evaluate_builtin(
 
 
 __all__ = [
-    "BuiltinRecipe", "builtin_engine_config", "builtin_model_dir", "ensure_builtin_model", "evaluate_builtin",
+    "BuiltinRecipe", "answered_correctly", "builtin_engine_config", "builtin_model_dir", "ensure_builtin_model", "evaluate_builtin",
     "heldout_questions", "parse_question", "problems", "question", "state_lines", "trace",
 ]  # fmt: skip
