@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "grade",
     "eval",
     "serve",
+    "bench",
     "demo",
 )
 
