@@ -12,4 +12,4 @@ test:
 	python3 -m pytest -q tests
 
 bench: install
-	python3 -m benchmarks.render_bench
+	python3 -m perf.render_bench

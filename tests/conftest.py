@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,14 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _shared_data_dir() -> Path:
-    env = os.environ.get("VTCR_SHARED_DATA")
-    return Path(env) if env else PROJECT_ROOT.parent / "shared" / "data"
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    path = _shared_data_dir()
-    if not path.is_dir():
-        pytest.skip(f"shared data folder not found at {path} (set VTCR_SHARED_DATA)")
-    return path
+    from vtcr._io import find_shared_data
+
+    try:
+        return find_shared_data()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ from vtcr.evaluate import (
     load_benchmark,
     read_gold,
 )
-from vtcr.grade import Grader, _mv_parse, _number
+from vtcr.grade import Grader
+from vtcr.grade.equivalence import _mv_parse, _number
 
 # Problem counts as published for each set (shared/data/README.md, and the sets' own papers).
 COUNTS = {"math500": 500, "aime25": 30, "amc23": 40, "gsm8k": 1319, "gpqa_diamond": 198, "aime24": 30, "minerva_math": 272}
@@ -149,12 +150,18 @@ def test_missing_field_names_file_line_and_field(tmp_path):
 
 
 def test_root_resolution(tmp_path, monkeypatch, root):
-    monkeypatch.setenv("VTCR_BENCHMARKS", str(root))
+    monkeypatch.setenv("VTCR_DATA", str(root.parent))
     assert benchmarks_root() == root
     assert len(load_benchmark("aime25")) == 30  # found through the environment variable
-    monkeypatch.setenv("VTCR_BENCHMARKS", str(tmp_path / "absent"))
-    with pytest.raises(FileNotFoundError, match="VTCR_BENCHMARKS"):
+    monkeypatch.setenv("VTCR_DATA", str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="VTCR_DATA"):
         benchmarks_root()
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("VTCR_DATA", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="no benchmarks/ folder"):
+        benchmarks_root()
+    monkeypatch.delenv("VTCR_DATA")
+    assert benchmarks_root() == root  # the default: ../shared/data next to this checkout
     assert benchmarks_root(root) == root  # an explicit root wins
     with pytest.raises(FileNotFoundError, match="amc23"):
         load_benchmark("amc23", tmp_path)  # folder exists, file does not

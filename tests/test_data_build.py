@@ -304,9 +304,9 @@ def test_openr1_folder_with_corrupt_file_builds_the_rest(tmp_path, traces, qwen3
 
 
 def test_a_failing_problem_becomes_a_counted_rejection(tmp_path, traces):
-    from vtcr.data.sources import Problem
+    from vtcr.data.sources import SourceProblem
 
-    problem = Problem(index=7, id="p7", question="Q", generation=traces[0]["r1_style"], answer="1")
+    problem = SourceProblem(index=7, id="p7", question="Q", generation=traces[0]["r1_style"], answer="1")
     bad_render = ProblemJob(str(tmp_path), "builtin:qwen3", 64, 1, json.dumps({"font-size": -3}))
     record = process_problem(bad_render, problem)
     assert (record["kind"], record["index"], record["reason"]) == ("rejected", 7, "build_error")

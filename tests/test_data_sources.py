@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from data_helpers import corrupt_mid_file, generic_row, good_traces, openr1_row, write_jsonl, write_openr1_parquet
-from vtcr.data.sources import Problem, Rejected, SourceConfig, inspect_source, iter_source
+from vtcr.data.sources import SourceProblem, Rejected, SourceConfig, inspect_source, iter_source
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def traces(shared_traces):
 
 
 def _openr1_cases(traces):
-    """(row, expected outcome under the default rule): a Problem's chosen generation index, or a reason."""
+    """(row, expected outcome under the default rule): a SourceProblem's chosen generation index, or a reason."""
     t = traces
     no_close = t[4]["r1_style"].split("</think>")[1]  # a generation that is only the summary
     return [
@@ -34,7 +34,7 @@ def _openr1_cases(traces):
 
 
 def _outcome(item):
-    return item.origin["generation"] if isinstance(item, Problem) else item.reason
+    return item.origin["generation"] if isinstance(item, SourceProblem) else item.reason
 
 
 def test_openr1_parquet_picks_a_complete_verified_generation(tmp_path, traces):
@@ -43,7 +43,7 @@ def test_openr1_parquet_picks_a_complete_verified_generation(tmp_path, traces):
     items = list(iter_source(SourceConfig(str(path))))
     assert [_outcome(i) for i in items] == [want for _, want in cases]
     assert [i.index for i in items] == list(range(len(cases)))
-    chosen = {i.id: i for i in items if isinstance(i, Problem)}
+    chosen = {i.id: i for i in items if isinstance(i, SourceProblem)}
     assert chosen["u0"].generation == traces[0]["r1_style"]
     assert chosen["u0"].answer == traces[0]["gt_answer"].strip()
     assert chosen["u0"].origin["verified_by"] == "correctness_math_verify"
@@ -117,7 +117,7 @@ def test_generic_jsonl_every_bad_row_kind(tmp_path, traces):
     path = write_jsonl(tmp_path / "traces.jsonl", rows)
     cfg = SourceConfig(str(path), trace_field="r1_style", answer_field="gt_answer", keep_if=("correct",),
                        drop_if=("likely_truncated",))
-    got = [_outcome(i) if not isinstance(i, Problem) else "ok" for i in iter_source(cfg)]
+    got = [_outcome(i) if not isinstance(i, SourceProblem) else "ok" for i in iter_source(cfg)]
     assert got == ["ok", "filtered", "filtered", "missing_field", "empty_answer", "missing_field",
                    "non_string_field", "non_string_field", "no_think_close", "empty_problem", "malformed_row",
                    "missing_field", "invalid_text"]

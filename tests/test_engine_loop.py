@@ -40,9 +40,11 @@ def n_images(request: GenerationRequest) -> int:
 
 
 class ScriptedBackend:
-    """Replays `scripts[question]` round by round (then `filler`); records every request."""
+    """Replays `scripts[question]` round by round (then `filler`); records every request. It stands
+    for a model trained on `dense` pages (its `render_config`)."""
 
     name = "scripted"
+    render_config = preset("dense")
 
     def __init__(self, scripts: dict[str, list[str]], *, filler: str = "\nStill thinking about it.",
                  delay: float = 0.0, fail: set[str] = frozenset(), concurrency: int = 1):
@@ -119,7 +121,7 @@ def test_is_final(text, boxed, expected):
 
 def test_config_round_trips_through_json():
     config = EngineConfig(mode="text", max_rounds=3, round_tokens=77, temperature=0.0, top_p=0.5, seed=9,
-                          boxed_counts_as_final=False, render_preset="vtcr1", save_images=True,
+                          boxed_counts_as_final=False, render_config=preset("vtcr1").replace(font_size=8.0), save_images=True,
                           system_prompt=None, standard_system_prompt="Be brief.", answer_type="multiple_choice")
     assert EngineConfig.from_json(config.to_json()) == config
     assert EngineConfig.from_json(EngineConfig().to_json()) == EngineConfig()
@@ -343,6 +345,39 @@ def test_record_json_and_saved_pages(tmp_path, r1_traces):
     plain = reason(trace["problem"], ScriptedBackend({trace["problem"]: split_trace(trace["r1_style"])}))
     assert plain.page_images == []
     assert "page_files" not in json.loads(write_run(plain, tmp_path / "p").read_text())["rounds"][0]
+
+
+def test_render_config_given_else_the_models_else_the_papers_with_a_warning(tmp_path, r1_traces, caplog):
+    trace = r1_traces[0]
+    rounds = split_trace(trace["r1_style"])
+
+    def run(backend_config, **config):
+        backend = ScriptedBackend({trace["problem"]: rounds})
+        backend.render_config = backend_config
+        return reason(trace["problem"], backend, EngineConfig(**config))
+
+    # a custom Glyph JSON config reaches the renderer and the record, whole
+    custom = preset("vtcr1").replace(font_size=7.0, line_height=8.0, name="custom")
+    path = tmp_path / "small.json"
+    custom.to_json(path)
+    record = run(preset("dense"), render_config=str(path))
+    assert record.config["render_config"] == custom.to_dict() and record.config["render_preset"] is None
+    assert [r.pages for r in record.rounds[:-1]] == [len(Renderer(custom).render(t)) for t in rounds[:-1]]
+    # a model that says nothing: the paper's layout, and a warning that says so
+    with caplog.at_level("WARNING", logger="vtcr.render.presets"):
+        record = run(None)
+    assert record.config["render_preset"] == "vtcr1"
+    assert [r.pages for r in record.rounds[:-1]] == [pages_of(t, "vtcr1") for t in rounds[:-1]]
+    assert any("no render config is known" in r.getMessage() and "'scripted'" in r.getMessage() for r in caplog.records)
+    # modes that render nothing record what is known and warn about nothing
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vtcr.render.presets"):
+        record = run(None, mode="standard")
+    assert record.config["render_config"] is None and not caplog.records
+    with pytest.raises(ValueError, match="unknown render preset"):
+        EngineConfig(render_preset="densest")
+    with pytest.raises(ValueError, match="differs from render preset"):
+        EngineConfig(render_preset="dense", render_config=preset("vtcr1"))
 
 
 def test_modes_are_the_documented_four():

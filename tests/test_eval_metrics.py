@@ -8,7 +8,9 @@ import json
 import pytest
 
 from vtcr.evaluate.metrics import avg_at_k, pass_at_k, summarise
-from vtcr.evaluate.run import EvalConfig, read_rows
+from vtcr.engine import EngineConfig
+from vtcr.evaluate.config import EvalConfig
+from vtcr.evaluate.results import read_rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,10 +132,16 @@ def test_damaged_results_file_is_refused(tmp_path, content, message):
 def test_config_defaults_follow_the_paper_and_round_trip():
     cfg = EvalConfig(benchmarks=("math500", "aime25", "amc23", "gpqa_diamond"), model="m")
     # VTC-R1: 8 rounds x 8192 tokens, temperature 0.6, top_p 0.95, avg@16 on AIME25 and AMC23
-    assert (cfg.max_rounds, cfg.round_tokens, cfg.temperature, cfg.top_p) == (8, 8192, 0.6, 0.95)
+    e = cfg.engine
+    assert (e.max_rounds, e.round_tokens, e.temperature, e.top_p) == (8, 8192, 0.6, 0.95)
     assert [cfg.samples_for(b) for b in cfg.benchmarks] == [1, 16, 16, 1]
     assert EvalConfig(benchmarks=("aime25",), samples=2, model="m").samples_for("aime25") == 2
     assert EvalConfig.from_json(cfg.to_json()) == cfg
+    custom = EvalConfig(benchmarks=("math500",), engine=EngineConfig(render_preset="vtcr1", max_rounds=3), model="m")
+    assert EvalConfig.from_json(custom.to_json()) == custom
+    # a config.json written before `engine` existed (flat engine keys) still loads, for --resume
+    legacy = {k: v for k, v in custom.to_dict().items() if k != "engine"} | {"max_rounds": 3, "render_preset": "vtcr1"}
+    assert EvalConfig.from_dict(legacy) == custom
     eng = cfg.engine_config("vtc", "integer")
     assert (eng.mode, eng.max_rounds, eng.round_tokens, eng.temperature, eng.top_p, eng.answer_type) == (
         "vtc", 8, 8192, 0.6, 0.95, "integer")
@@ -141,8 +149,8 @@ def test_config_defaults_follow_the_paper_and_round_trip():
 
 def test_config_differences_name_each_setting():
     a = EvalConfig(benchmarks=("math500",), model="m")
-    b = EvalConfig(benchmarks=("math500",), model="m", round_tokens=16, temperature=0.0)
-    assert a.differences(b) == ["round_tokens: 8192 -> 16", "temperature: 0.6 -> 0.0"]
+    b = EvalConfig(benchmarks=("math500",), model="m", engine=EngineConfig(round_tokens=16, temperature=0.0), limit=3)
+    assert a.differences(b) == ["engine.round_tokens: 8192 -> 16", "engine.temperature: 0.6 -> 0.0", "limit: None -> 3"]
     assert a.differences(a) == []
 
 
@@ -154,8 +162,9 @@ def test_config_differences_name_each_setting():
         ({"benchmarks": ("math500", "math500")}, "benchmarks lists an entry twice"),
         ({"benchmarks": ("math500",), "samples": 0}, "samples must be a positive int"),
         ({"benchmarks": ("math500",), "server": "http://x:8000"}, "served model name"),
-        ({"benchmarks": ("math500",), "round_tokens": 0}, "round_tokens must be a positive int"),
-        ({"benchmarks": ("math500",), "top_p": 1.5}, "top_p must be in"),
+        ({"benchmarks": ("math500",), "engine": {"round_tokens": 0}}, "round_tokens must be a positive int"),
+        ({"benchmarks": ("math500",), "engine": {"top_p": 1.5}}, "top_p must be in"),
+        ({"benchmarks": ("math500",), "engine": {"rounds": 3}}, "unknown EngineConfig keys"),
     ],
 )
 def test_bad_config_is_refused(kwargs, message):

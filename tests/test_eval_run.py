@@ -25,12 +25,16 @@ import pytest
 
 from vtcr.cli import main
 from vtcr.evaluate import list_benchmarks, load_benchmark
-from vtcr.evaluate.run import EvalConfig, make_row, read_rows, run_eval, unit_seed
+from vtcr.engine import EngineConfig
+from vtcr.evaluate.config import EvalConfig
+from vtcr.evaluate.results import read_rows
+from vtcr.evaluate.run import make_row, run_eval, unit_seed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytestmark = pytest.mark.slow
 
-ARGS = dict(benchmarks=("math500", "gpqa_diamond"), modes=("vtc", "standard"), limit=2, max_rounds=2, round_tokens=8)
+ARGS = dict(benchmarks=("math500", "gpqa_diamond"), modes=("vtc", "standard"), limit=2,
+            engine=EngineConfig(max_rounds=2, round_tokens=8))
 CLI_ARGS = ["--benchmarks", "math500,gpqa_diamond", "--modes", "vtc,standard", "--limit", "2",
             "--max-rounds", "2", "--round-tokens", "8"]  # fmt: skip
 N_RUNS = 2 * 2 * 2  # benchmarks x problems x modes, one sample each
@@ -234,7 +238,7 @@ def test_answer_that_hangs_math_verify_is_time_limited_counted_wrong_and_logged(
     record = RunRecord(question=problem.question, mode="vtc", model="tiny", finished=True, stop_reason="answer",
                        seconds=1.0, rounds=[RoundRecord("</think> \\boxed{9^{9^{9}}}", 12, 0, 0, 40, 40, "stop", 1.0)])  # fmt: skip
     start = time.perf_counter()
-    with Grader(GradeConfig(timeout_s=1.0)) as grader, caplog.at_level(logging.WARNING, logger="vtcr.grade"):
+    with Grader(GradeConfig(timeout_s=1.0)) as grader, caplog.at_level(logging.WARNING, logger="vtcr.grade.grader"):
         row = make_row(record, problem, 0, "vtc", "b00001", grader, None)
     assert time.perf_counter() - start < 30
     assert (row["pred"], row["correct"], row["grade_reason"]) == ("9^{9^{9}}", False, "timeout")
@@ -263,7 +267,7 @@ def test_server_runs_and_an_outage_is_rerun_on_resume(tiny_model, shared_data, t
     thread.start()
     try:
         url = server_url(httpd)
-        cfg = EvalConfig(benchmarks=("math500",), modes=("vtc",), limit=2, max_rounds=2, round_tokens=8,
+        cfg = EvalConfig(benchmarks=("math500",), modes=("vtc",), limit=2, engine=EngineConfig(max_rounds=2, round_tokens=8),
                          server=url, served_model="tiny")  # fmt: skip
         out = tmp_path / "served"
         # The outage: the same settings, but every request goes to a port nobody listens on.

@@ -16,13 +16,12 @@ import pytest
 
 from vtcr.cli import main as cli_main
 from vtcr.evaluate.benchmarks import get_benchmark
+from vtcr.evaluate.grade_file import default_graded_path, grade_file
 from vtcr.grade import (
     GradeConfig,
     Grader,
     GradeResult,
-    default_graded_path,
     extract_answer,
-    grade_file,
     grade_response,
     is_equivalent,
     last_boxed,
@@ -194,7 +193,7 @@ def test_hanging_answer_is_time_limited_from_a_thread():
 def test_hanging_answer_is_time_limited_in_the_main_thread(caplog):
     with Grader(GradeConfig(timeout_s=1.0)) as g:
         start = time.perf_counter()
-        with caplog.at_level("WARNING", logger="vtcr.grade"):
+        with caplog.at_level("WARNING", logger="vtcr.grade.grader"):
             assert g.judge(*HANGING) == (False, "timeout")
         assert time.perf_counter() - start < 20
         assert "timed out" in caplog.text  # logged
@@ -226,7 +225,7 @@ def test_module_functions_work_off_the_main_thread():
 
 
 def _agreement_module():
-    path = PROJECT_ROOT / "benchmarks" / "grader_agreement.py"
+    path = PROJECT_ROOT / "perf" / "grader_agreement.py"
     spec = importlib.util.spec_from_file_location("grader_agreement", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there

@@ -13,6 +13,8 @@ import shutil
 
 import pytest
 
+from vtcr.render import preset
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
@@ -75,8 +77,10 @@ def test_tiny_forward_generate_and_placeholders(arch, tiny_loaded):
     model, processor, meta = tiny_loaded[arch]
     fam = family(arch)
     assert meta == ModelMeta(
-        arch=arch, size="tiny", render_preset="dense", created_by="vtcr init-model", max_image_pixels=None, seed=0
-    )
+        arch=arch, size="tiny", render_preset="dense", render_config=preset("dense").to_dict(),
+        created_by="vtcr init-model", max_image_pixels=None, seed=0,
+    )  # fmt: skip
+    assert meta.render() == preset("dense") and meta.render().name == "dense"
     messages, images = two_image_messages()
     inputs = build_inputs(processor, messages, images)
 
@@ -331,11 +335,19 @@ def test_meta_defaults_for_a_checkpoint_without_vtcr_json(tiny_dirs, tmp_path):
     plain = tmp_path / "plain"
     shutil.copytree(tiny_dirs["glm-4.1v"], plain)
     (plain / "vtcr.json").unlink()
-    assert read_meta(plain) == ModelMeta(arch="glm-4.1v", size=None, render_preset="dense", max_image_pixels=None)
+    # a checkpoint vtcr did not make: its pages are unknown (the engine then renders vtcr1, with a warning)
+    assert read_meta(plain) == ModelMeta(arch="glm-4.1v", size=None, render_preset=None, max_image_pixels=None)
+    assert read_meta(plain).render() is None
     assert json.loads((tiny_dirs["glm-4.1v"] / "vtcr.json").read_text()) == {
-        "arch": "glm-4.1v", "size": "tiny", "render_preset": "dense", "created_by": "vtcr init-model",
-        "max_image_pixels": None, "seed": 0,
+        "arch": "glm-4.1v", "size": "tiny", "render_preset": "dense", "render_config": preset("dense").to_dict(),
+        "created_by": "vtcr init-model", "max_image_pixels": None, "seed": 0,
     }  # fmt: skip
+    # an older vtcr.json names the preset only; a custom config is kept whole
+    (plain / "vtcr.json").write_text(json.dumps({"arch": "glm-4.1v", "render_preset": "vtcr1"}))
+    assert read_meta(plain).render() == preset("vtcr1")
+    custom = preset("vtcr1").replace(font_size=8.0)
+    meta = ModelMeta(arch="glm-4.1v").with_render(custom)
+    assert meta.render_preset is None and meta.render() == custom
 
 
 # --- sizes ---------------------------------------------------------------------------------------

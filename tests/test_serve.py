@@ -67,7 +67,10 @@ def _pump(stream, out: queue.Queue) -> None:
 def tiny_model(tmp_path_factory, qwen3_tokenizer_dir) -> Path:
     from vtcr.models import init_model
 
-    return init_model("qwen3-vl", "tiny", qwen3_tokenizer_dir, tmp_path_factory.mktemp("serve") / "tiny", seed=0)
+    # A model trained on the paper's pages (its vtcr.json says vtcr1): reasoning with it over HTTP must
+    # render vtcr1 pages too, never vtcr's own default.
+    return init_model("qwen3-vl", "tiny", qwen3_tokenizer_dir, tmp_path_factory.mktemp("serve") / "tiny", seed=0,
+                      render="vtcr1")
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +154,12 @@ def test_models_and_health(served):
     assert status == 200 and data["object"] == "list"
     assert [m["id"] for m in data["data"]] == [MODEL_NAME]
     assert served.request("GET", "/health")[:2] == (200, {"status": "ok"})
+    # the model's own entry, with the pages it was trained to read
+    status, entry, _ = served.request("GET", f"/v1/models/{MODEL_NAME}")
+    assert status == 200 and entry == data["data"][0]
+    assert entry["vtcr"] == {"render_preset": "vtcr1", "render_config": preset("vtcr1").to_dict()}
+    status, error, _ = served.request("GET", "/v1/models/another-model")
+    assert status == 404 and error["error"]["param"] == "model" and "another-model" in error["error"]["message"]
 
 
 def test_chat_with_two_page_images_counts_image_tokens(served, pages, qwen3_tokenizer):
@@ -397,6 +406,35 @@ def test_openai_backend_end_to_end(served, pages):
     assert result.vision_tokens == sum(vision_tokens(p, "qwen3-vl") for p in pages)
     assert result.finish_reason == raw["choices"][0]["finish_reason"]
     assert result.extra["attempts"] == 1
+
+
+def test_reasoning_over_http_renders_the_served_models_pages(served, monkeypatch, caplog):
+    """The served model's vtcr.json says vtcr1: the openai backend learns it from the server, the
+    engine renders vtcr1 pages (never vtcr's default, dense) without a warning, and the run record
+    says so."""
+    from vtcr.engine import EngineConfig, reason
+    from vtcr.render import Renderer
+
+    used = []
+    real_init = Renderer.__init__
+
+    def recording_init(self, config=None, backend="fast"):
+        used.append(config)
+        real_init(self, config, backend)
+
+    monkeypatch.setattr(Renderer, "__init__", recording_init)
+    backend = OpenAIBackend(served.base_url, MODEL_NAME, timeout_s=60, max_retries=1)
+    assert backend.render_config == preset("vtcr1") and backend.render_config.name == "vtcr1"
+    with caplog.at_level("WARNING", logger="vtcr.render.presets"):
+        # sampled: the random model's greedy text is blank lines, which render to nothing
+        record = reason("Think step by step: 2+3?", backend, EngineConfig(max_rounds=2, round_tokens=16, temperature=1.0, top_p=1.0))
+    assert record.error is None and len(record.rounds) == 2 and record.rounds[0].pages >= 1
+    assert used and all(config == preset("vtcr1") for config in used)
+    assert record.config["render_preset"] == "vtcr1" and record.config["render_config"] == preset("vtcr1").to_dict()
+    assert not [r for r in caplog.records if "no render config is known" in r.getMessage()]
+    # a user's choice still wins over the model's
+    record = reason("2+3?", backend, EngineConfig(max_rounds=2, round_tokens=16, temperature=1.0, top_p=1.0, render_preset="dense"))
+    assert record.config["render_preset"] == "dense" and used[-1] == preset("dense")
 
 
 def test_openai_backend_surfaces_4xx_from_server(served):

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,8 @@ def test_training_lowers_the_loss_and_the_checkpoint_loads_in_the_engine(build_d
     saved = TrainConfig.from_json(out / "train_config.json")
     assert saved == TrainConfig.from_json(saved.to_json()) and saved.out == str(out.resolve()) and saved.max_steps == 20
     meta = json.loads((out / "vtcr.json").read_text())
+    # the checkpoint records the whole render config of the data's pages (and its preset name)
+    assert meta["render_config"] == json.loads((build_dir / "build.json").read_text())["render"]
     assert meta["render_preset"] == json.loads((build_dir / "build.json").read_text())["preset"]
     assert meta["max_image_pixels"] is None and meta["created_by"] == "vtcr train"
     # Vision tower frozen: its weights are bit-identical to the starting checkpoint's.
@@ -372,3 +375,33 @@ def _model_and_processor(path):
     from transformers import AutoModelForImageTextToText
 
     return AutoModelForImageTextToText.from_pretrained(str(path)), load_processor(path)
+
+
+def test_a_custom_render_config_travels_from_the_build_to_the_checkpoint_and_the_engine(build_dir, tmp_path):
+    """A build rendered with a custom Glyph JSON config records it whole; training records it in the
+    checkpoint's vtcr.json, and the engine's backend renders with it (no preset name needed)."""
+    from vtcr.models.checkpoint import ModelMeta, read_meta, write_meta
+    from vtcr.render import preset
+    from vtcr.train.data import BuildInfo
+    from vtcr.train.trainer import recorded_render_config
+
+    custom = preset("vtcr1").replace(font_size=7.0, line_height=8.0, margin_x=6.0)
+    info = read_build(build_dir)
+    custom_build = BuildInfo(info.path, {**info.settings, "preset": "my_pages.json", "render": custom.to_dict()})
+    start = ModelMeta(arch="qwen3-vl").with_render("dense")
+    cfg = TrainConfig(data=str(build_dir), model="m", out=str(tmp_path / "o"))
+    recorded = recorded_render_config(cfg, custom_build, start)
+    assert recorded == custom
+    meta = start.with_render(recorded)
+    assert meta.render_preset is None and meta.render_config == custom.to_dict()
+    # explicit flags win; `standard` trains on no pages and keeps the starting model's
+    path = tmp_path / "flag.json"
+    custom.replace(font_size=6.5).to_json(path)
+    assert recorded_render_config(replace(cfg, render_config=str(path)), custom_build, start).font_size == 6.5
+    assert recorded_render_config(replace(cfg, render_preset="vtcr1"), custom_build, start) == preset("vtcr1")
+    assert recorded_render_config(replace(cfg, mode="standard"), custom_build, start) == preset("dense")
+    # the checkpoint's vtcr.json -> the backend the engine renders with
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    write_meta(folder, meta)
+    assert read_meta(folder).render() == custom

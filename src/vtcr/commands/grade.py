@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from vtcr.grade import GradeConfig
+
+from ._common import default_of, shown
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -25,13 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gold-field", metavar="G", required=True, help="field holding the gold answer")
     parser.add_argument("--benchmark", metavar="NAME", help="benchmark whose answer type to use (default: math)")
     parser.add_argument("--out", metavar="FILE", help="graded output (default: FILE.graded.jsonl)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per symbolic comparison (default 5)")
+    timeout = default_of(GradeConfig, "timeout_s")
+    parser.add_argument("--timeout", type=float, default=timeout,
+                        help=f"seconds per symbolic comparison (default {shown(timeout)})")
     parser.add_argument("--json", action="store_true", help="print only the summary JSON")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vtcr.grade import GradeConfig, grade_file
+    from vtcr.evaluate.grade_file import grade_file
 
     summary = grade_file(
         args.file, gold_field=args.gold_field, pred_field=args.pred_field, response_field=args.response_field,

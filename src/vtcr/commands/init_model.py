@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-ARCHS = ("qwen3-vl", "qwen2.5-vl", "glm-4.1v")  # kept in step with vtcr.models.ARCHS (light import here)
+from vtcr.models.architectures import ARCHS
+from vtcr.models.checkpoint import init_model
 
+from ._common import add_model_render_args, param_default, render_spec
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -24,9 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder, tokenizer.json, or hub id (online only)")
     parser.add_argument("--out", required=True, help="output folder (must not exist or be empty unless --overwrite)")
-    parser.add_argument("--seed", type=int, default=0, help="weight-initialisation seed (default 0)")
-    parser.add_argument("--render-preset", default="dense", help="render preset recorded in vtcr.json (default dense)")
-    parser.add_argument("--device", default="cpu", help="where to initialise the weights (cpu, cuda; default cpu)")
+    D = {name: param_default(init_model, name) for name in ("seed", "render", "device")}
+    parser.add_argument("--seed", type=int, default=D["seed"], help=f"weight-initialisation seed (default {D['seed']})")
+    add_model_render_args(parser, f"{D['render']}; recorded in vtcr.json as the pages this model reads")
+    parser.add_argument("--device", default=D["device"],
+                        help=f"where to initialise the weights (cpu, cuda; default {D['device']})")
     parser.add_argument(
         "--dtype", default=None, help="fp32 | bf16 | fp16 (default fp32 for tiny/small, bf16 otherwise)"
     )
@@ -35,10 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vtcr.models import init_model
-
     out = init_model(
-        args.arch, args.size, args.tokenizer, args.out, seed=args.seed, render_preset=args.render_preset,
+        args.arch, args.size, args.tokenizer, args.out, seed=args.seed, render=render_spec(args) or param_default(init_model, "render"),
         device=args.device, dtype=args.dtype, overwrite=args.overwrite,
     )  # fmt: skip
     print(out)

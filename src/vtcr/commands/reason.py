@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-MODES = ("vtc", "standard", "text", "no-memory")  # kept in step with vtcr.engine.MODES (light import here)
+from vtcr.engine.modes import MODES, EngineConfig, check_question
+from vtcr.grade import ANSWER_TYPES
 
+from ._common import add_engine_args, engine_config_from_args
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -24,19 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--server", metavar="URL",
                         help="base URL of an OpenAI-compatible server (e.g. http://localhost:8000/v1)")
     p.add_argument("--served-model", metavar="NAME", help="model name on the server (required with --server)")
-    p.add_argument("--mode", default="vtc", choices=MODES, help="vtc (default), standard, text or no-memory")
-    p.add_argument("--max-rounds", type=int, default=8, metavar="N", help="most rounds (default 8)")
-    p.add_argument("--round-tokens", type=int, default=8192, metavar="N",
-                   help="most new tokens per round (default 8192)")
-    p.add_argument("--temperature", type=float, default=0.6, metavar="T",
-                   help="sampling temperature (default 0.6; 0: greedy)")
-    p.add_argument("--top-p", type=float, default=0.95, metavar="P", help="nucleus sampling mass (default 0.95)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
-    p.add_argument("--render-preset", default=None, help="render preset of the optical memory (default: the model's)")
-    p.add_argument("--no-boxed-final", action="store_true",
-                   help="only <answer> tags end the run (default: a \\boxed{} after </think> does too)")
-    p.add_argument("--answer-type", default="math", choices=("math", "multiple_choice"),
-                   help="how the answer is extracted (default math)")
+    defaults = EngineConfig()
+    p.add_argument("--mode", default=defaults.mode, choices=MODES, help=f"one of {', '.join(MODES)} (default {defaults.mode})")
+    add_engine_args(p, defaults)
+    p.add_argument("--answer-type", default=defaults.answer_type, choices=ANSWER_TYPES,
+                   help=f"how the answer is extracted (default {defaults.answer_type})")
     p.add_argument("--device", default=None, help="device for --model (default cuda when available, else cpu)")
     p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 for --model (default bf16 on GPU, fp32 on CPU)")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="per-request timeout for --server")
@@ -46,33 +40,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _backend(args: argparse.Namespace):
-    if args.server:
-        if not args.served_model:
-            raise ValueError("--server needs --served-model NAME (the model name the server serves)")
-        from vtcr.engine.openai_backend import OpenAIBackend
-
-        kwargs = {} if args.timeout is None else {"timeout_s": args.timeout}
-        return OpenAIBackend(args.server, args.served_model, **kwargs)
-    from vtcr.engine import TransformersBackend
-
-    return TransformersBackend.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    base = EngineConfig(mode=args.mode, answer_type=args.answer_type, save_images=bool(args.save_images and args.out))
+    return engine_config_from_args(args, base)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vtcr.engine import EngineConfig, reason, write_run
+    from vtcr.engine import open_backend, reason, write_run
 
     question = sys.stdin.read() if args.question == "-" else args.question
-    config = EngineConfig(
-        mode=args.mode, max_rounds=args.max_rounds, round_tokens=args.round_tokens, temperature=args.temperature,
-        top_p=args.top_p, seed=args.seed, boxed_counts_as_final=not args.no_boxed_final,
-        render_preset=args.render_preset, save_images=bool(args.save_images and args.out),
-        answer_type=args.answer_type,
-    )  # fmt: skip
-    from vtcr.engine.modes import check_question
-
+    config = config_from_args(args)
     check_question(question)  # before loading a model
-    backend = _backend(args)
+    backend = open_backend(args.model, server=args.server, served_model=args.served_model, device=args.device,
+                           dtype=args.dtype, timeout_s=args.timeout)  # fmt: skip
     out = sys.stderr if args.json else sys.stdout
 
     def on_round(_index, rnd, record) -> None:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+
+from vtcr.engine.server import ServerConfig
+
+from ._common import default_of, shown
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,18 +24,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", required=True, help="checkpoint folder (vtcr init-model, training, or a HF download)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free port and prints it)")
+    D = {f.name: default_of(ServerConfig, f.name) for f in dataclasses.fields(ServerConfig)}
+    parser.add_argument("--host", default=D["host"], help=f"address to bind (default {D['host']}: this machine only)")
+    parser.add_argument("--port", type=int, default=D["port"], help=f"port (default {D['port']}; 0 picks a free port and prints it)")
     parser.add_argument(
         "--served-model-name", default=None, help="model name clients must use (default: --model as given, like vLLM)"
     )
-    parser.add_argument(
-        "--max-request-mb", type=float, default=32.0, help="largest request body in MiB; larger gets 413 (default 32)"
-    )
-    parser.add_argument(
-        "--default-max-tokens", type=int, default=1024, help="max_tokens when a request gives none (default 1024)"
-    )
-    parser.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait; more get 503 (default 64)")
+    mb = D["max_request_bytes"] / 2**20
+    parser.add_argument("--max-request-mb", type=float, default=mb,
+                        help=f"largest request body in MiB; larger gets 413 (default {shown(mb)})")
+    parser.add_argument("--default-max-tokens", type=int, default=D["default_max_tokens"],
+                        help=f"max_tokens when a request gives none (default {D['default_max_tokens']})")
+    parser.add_argument("--max-queue", type=int, default=D["max_queue"],
+                        help=f"requests allowed to wait; more get 503 (default {D['max_queue']})")
     parser.add_argument(
         "--max-image-pixels", type=int, default=None,
         help="cap on each image's resized area; larger images are downscaled (default: the checkpoint's vtcr.json "
@@ -45,9 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from vtcr.engine.server import ServerConfig, serve
-
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if not args.max_request_mb > 0:
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-image-pixels must be positive, got {args.max_image_pixels}")
     if args.default_max_tokens < 1 or args.max_queue < 1:
         raise ValueError("--default-max-tokens and --max-queue must be at least 1")
-    config = ServerConfig(
+    return ServerConfig(
         host=args.host,
         port=args.port,
         served_model_name=args.served_model_name or args.model,
@@ -65,5 +69,10 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         prefix_cache=not args.no_prefix_cache,
     )
-    serve(args.model, config, device=args.device, dtype=args.dtype, max_image_pixels=args.max_image_pixels)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vtcr.engine.server import serve
+
+    serve(args.model, config_from_args(args), device=args.device, dtype=args.dtype, max_image_pixels=args.max_image_pixels)
     return 0

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+
+from vtcr.train.config import TrainConfig
+
+from ._common import add_model_render_args, default_of, shown
 
 EPILOG = """\
 examples:
@@ -12,18 +17,20 @@ examples:
   accelerate launch -m vtcr.cli train ...   /   torchrun --nproc-per-node 8 -m vtcr.cli train ... --deepspeed ds.json
 
 Rerunning with the same flags resumes from the newest checkpoint in OUT/checkpoints. OUT is a normal
-checkpoint (vtcr reason --model OUT) that records the render preset and the image-size cap it was
+checkpoint (vtcr reason --model OUT) that records the render config and the image-size cap it was
 trained with; train_log.json holds the loss history, s/step, peak memory and the truncation counts.
 """
 
 
 def register(subparsers) -> None:
+    D = {f.name: default_of(TrainConfig, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in ("data", "model", "out")}
     p = subparsers.add_parser(
         "train",
         help="fine-tune a VLM on a vtcr build (transformers Trainer; LoRA optional)",
         description=(
             "Supervised fine-tuning on a `vtcr build-data` folder, loss on assistant tokens only. Defaults are the "
-            "VTC-R1 recipe (language model only, lr 1e-5, cosine, warm-up 0.1, 1 epoch, cutoff 32768, batch 1 x 8), "
+            f"VTC-R1 recipe (language model only, lr {shown(D['lr'])}, {D['scheduler']}, warm-up {shown(D['warmup_ratio'])}, "
+            f"{shown(D['epochs'])} epoch, cutoff {D['cutoff_len']}, batch {D['batch_size']} x {D['grad_accum']}), "
             "with training images at the size inference uses."
         ),
         epilog=EPILOG,
@@ -32,55 +39,64 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="a `vtcr build-data` output folder")
     p.add_argument("--model", required=True, metavar="PATH_OR_ID", help="checkpoint folder (or hub id, online only)")
     p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder (rerun to resume)")
-    p.add_argument("--mode", default="vtc", choices=("vtc", "standard"),
+    p.add_argument("--mode", default=D["mode"], choices=("vtc", "standard"),
                    help="vtc: segments with page images (default); standard: whole traces as text (the baseline)")
-    p.add_argument("--epochs", type=float, default=1.0, help="epochs (default 1)")
-    p.add_argument("--max-steps", type=int, default=None, metavar="N", help="optimizer steps (overrides --epochs)")
-    p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (default 1e-5)")
-    p.add_argument("--batch-size", type=int, default=1, metavar="B", help="samples per device per micro-batch (default 1)")
-    p.add_argument("--grad-accum", type=int, default=8, metavar="G", help="gradient accumulation steps (default 8)")
-    p.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warm-up fraction (default 0.1)")
-    p.add_argument("--scheduler", default="cosine", help="learning-rate schedule (default cosine)")
+    p.add_argument("--epochs", type=float, default=D["epochs"], help=f"epochs (default {shown(D['epochs'])})")
+    p.add_argument("--max-steps", type=int, default=D["max_steps"], metavar="N", help="optimizer steps (overrides --epochs)")
+    p.add_argument("--lr", type=float, default=D["lr"], help=f"peak learning rate (default {shown(D['lr'])})")
+    p.add_argument("--batch-size", type=int, default=D["batch_size"], metavar="B", help=f"samples per device per micro-batch (default {D['batch_size']})")
+    p.add_argument("--grad-accum", type=int, default=D["grad_accum"], metavar="G", help=f"gradient accumulation steps (default {D['grad_accum']})")
+    p.add_argument("--warmup-ratio", type=float, default=D["warmup_ratio"], help=f"linear warm-up fraction (default {shown(D['warmup_ratio'])})")
+    p.add_argument("--scheduler", default=D["scheduler"], help=f"learning-rate schedule (default {D['scheduler']})")
+    p.add_argument("--weight-decay", type=float, default=D["weight_decay"], help=f"AdamW weight decay (default {shown(D['weight_decay'])})")
+    p.add_argument("--max-grad-norm", type=float, default=D["max_grad_norm"],
+                   help=f"gradient clipping norm (default {shown(D['max_grad_norm'])})")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters on the language model's linear layers")
-    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
-    p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
-    p.add_argument("--freeze-vision", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--lora-r", type=int, default=D["lora_r"], help=f"LoRA rank (default {D['lora_r']})")
+    p.add_argument("--lora-alpha", type=int, default=D["lora_alpha"], help=f"LoRA alpha (default {D['lora_alpha']})")
+    p.add_argument("--lora-dropout", type=float, default=D["lora_dropout"], help=f"LoRA dropout (default {shown(D['lora_dropout'])})")
+    p.add_argument("--freeze-vision", action=argparse.BooleanOptionalAction, default=D["freeze_vision"],
                    help="freeze the vision tower and projector (default: frozen, as in the paper)")
-    p.add_argument("--max-image-pixels", type=int, default=None, metavar="P",
+    p.add_argument("--max-image-pixels", type=int, default=D["max_image_pixels"], metavar="P",
                    help="cap on each image's resized area, saved into the checkpoint so inference uses the same "
                         "(default: the model's vtcr.json cap, else the processor's own maximum: full pages)")
-    p.add_argument("--cutoff-len", type=int, default=32768, metavar="L",
-                   help="most tokens per sample (default 32768): longer targets are cut from the right, samples "
+    p.add_argument("--cutoff-len", type=int, default=D["cutoff_len"], metavar="L",
+                   help=f"most tokens per sample (default {D['cutoff_len']}): longer targets are cut from the right, samples "
                         "whose prompt alone reaches L are dropped; both are counted")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights init (LoRA), data order and dropout (default 0)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    p.add_argument("--seed", type=int, default=D["seed"], help=f"seed of weights init (LoRA), data order and dropout (default {D['seed']})")
+    p.add_argument("--dtype", default=D["dtype"], choices=("auto", "fp32", "bf16", "fp16"),
                    help="training weights (default auto: fp32 + bf16 autocast on CUDA; bf16 base with --lora)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
-    p.add_argument("--deepspeed", default=None, metavar="FILE", help="DeepSpeed config JSON (launch with deepspeed/accelerate)")
-    p.add_argument("--render-preset", default=None, help="render preset recorded in the checkpoint (default: the data's)")
-    p.add_argument("--save-steps", type=int, default=500, help="checkpoint every N optimizer steps (default 500)")
-    p.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept (default 2)")
-    p.add_argument("--logging-steps", type=int, default=1, help="log the loss every N steps (default 1)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--deepspeed", default=D["deepspeed"], metavar="FILE", help="DeepSpeed config JSON (launch with deepspeed/accelerate)")
+    add_model_render_args(p, "the render config of the data's pages")
+    p.add_argument("--save-steps", type=int, default=D["save_steps"], help=f"checkpoint every N optimizer steps (default {D['save_steps']})")
+    p.add_argument("--save-total-limit", type=int, default=D["save_total_limit"], help=f"checkpoints kept (default {D['save_total_limit']})")
+    p.add_argument("--logging-steps", type=int, default=D["logging_steps"], help=f"log the loss every N steps (default {D['logging_steps']})")
+    p.add_argument("--workers", type=int, default=D["workers"], help=f"DataLoader worker processes (default {D['workers']})")
     p.add_argument("--overwrite", action="store_true", help="delete OUT and start over instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from vtcr.train import TrainConfig, train
-
-    config = TrainConfig(
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
         data=args.data, model=args.model, out=args.out, mode=args.mode, epochs=args.epochs, max_steps=args.max_steps,
         lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, warmup_ratio=args.warmup_ratio,
-        scheduler=args.scheduler, lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        scheduler=args.scheduler, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, lora=args.lora,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         freeze_vision=args.freeze_vision, max_image_pixels=args.max_image_pixels, cutoff_len=args.cutoff_len,
         seed=args.seed, dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
-        deepspeed=args.deepspeed, render_preset=args.render_preset, save_steps=args.save_steps,
+        deepspeed=args.deepspeed, render_preset=args.render_preset, render_config=args.render_config,
+        save_steps=args.save_steps,
         save_total_limit=args.save_total_limit, logging_steps=args.logging_steps, workers=args.workers,
         progress=not args.no_progress,
     )  # fmt: skip
-    result = train(config, overwrite=args.overwrite)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vtcr.train import train
+
+    result = train(config_from_args(args), overwrite=args.overwrite)
     log = result.log
     if log:
         data, timing = log["data"], log["timing"]
@@ -91,5 +107,6 @@ def run(args: argparse.Namespace) -> int:
         spp = timing["seconds_per_step"]
         print(f"  final loss {log['final_train_loss']}, {spp if spp is not None else '-'} s/step, "
               f"peak RSS {log['memory']['peak_rss_bytes'] / 2**30:.2f} GiB")
-        print(f"  render preset {log['render_preset']}, max image pixels {log['max_image_pixels'] or 'processor default'}")
+        render = log["render_preset"] or ("a custom render config" if log["render_config"] else "unknown")
+        print(f"  pages: {render}, max image pixels {log['max_image_pixels'] or 'processor default'}")
     return 0

@@ -15,10 +15,10 @@ trained on a set built from them must not be evaluated on those benchmarks.
 from vtcr.data.build import BuildConfig, BuildReport, build_dataset
 from vtcr.data.outputs import load_sft_dataset
 from vtcr.data.segment import assistant_turns, normalize_trace, split_reasoning, split_trace
-from vtcr.data.sources import REASONS, SourceConfig, iter_source
+from vtcr.data.sources import REJECT_REASONS, SourceConfig, iter_source
 
 __all__ = [
-    "REASONS",
+    "REJECT_REASONS",
     "BuildConfig",
     "BuildReport",
     "SourceConfig",

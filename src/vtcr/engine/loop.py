@@ -1,13 +1,18 @@
-"""The reasoning loop: one problem (`reason`) or many at once (`reason_many`).
+"""The reasoning loop: `iter_reason` yields each problem's run record as it finishes; `reason_many`
+(all records, in input order) and `reason` (one question) are thin wrappers over it.
 
 Each problem is a small state machine (`_Problem`): request a round -> look at its text -> stop, or
-render it (``vtc``) / continue (``text``, ``no-memory``) -> request the next round. `reason_many`
-drives all of them with no round barrier: a scheduler thread hands ready problems to the backend
-(as many at once as the backend allows, `Backend.concurrency`, default 1) and renders finished
-rounds in a thread pool while other problems generate. Ready problems that are further along go
-first, so few problems are in flight at once (bounded prefix-cache memory) and records complete
-early. Results come back in input order; a problem whose backend call or rendering fails records
-`error` and the others go on.
+render it (``vtc``) / continue (``text``, ``no-memory``) -> request the next round. `iter_reason`
+drives all of them with no round barrier, in the caller's thread: it hands ready problems to the
+backend (as many at once as the backend allows, `Backend.concurrency`, default 1) and renders
+finished rounds in a thread pool while other problems generate. Ready problems that are further
+along go first, so few problems are in flight at once (bounded prefix-cache memory) and records
+complete early. A problem whose backend call or rendering fails records `error` and the others go
+on.
+
+Optical memory is rendered with `vtcr.render.resolve_render_config(config's, backend's)`: the
+config's render preset or config, else the model's own (`backend.render_config`), else the
+paper's layout with a warning; every run record's config says which one was used.
 
 Sampling seeds: problem i uses `seeds[i]` (default `config.seed + i`), and round k of it the
 seed `round_seed(problem_seed, k)`, so the same inputs and seeds give the same record (timings
@@ -20,18 +25,18 @@ import heapq
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from vtcr.grade import extract_answer
 
 from .backend import Backend, GenerationRequest, GenerationResult
 from .modes import EngineConfig, check_question, is_final, round_messages
 from .record import RoundRecord, RunRecord
 
-DEFAULT_RENDER_PRESET = "dense"
-
-# on_round(problem_index, round_record, run_record): called in the scheduler thread after each round.
+# on_round(problem_index, round_record, run_record): called in the caller's thread after each round.
 OnRound = Callable[[int, RoundRecord, RunRecord], None]
 
 
@@ -44,9 +49,15 @@ def _rounded(value: Any) -> float | None:
     return None if value is None else round(float(value), 6)
 
 
-def resolve_render_preset(config: EngineConfig, backend: Backend) -> str:
-    """The render preset a run uses: the config's, else the model's (`backend.render_preset`)."""
-    return config.render_preset or getattr(backend, "render_preset", None) or DEFAULT_RENDER_PRESET
+def run_render_config(config: EngineConfig, backend: Backend):
+    """The RenderConfig of a run: the config's, else the model's (`backend.render_config`), else the
+    paper's layout with a warning. None for modes that render nothing when neither is known."""
+    from vtcr.render import render_config, resolve_render_config
+
+    model = getattr(backend, "render_config", None)
+    if config.mode != "vtc":  # nothing is rendered: record what is known, warn about nothing
+        return render_config(config.render) or render_config(model)
+    return resolve_render_config(config.render, model, model_name=f"model {getattr(backend, 'name', '?')!r}")
 
 
 @dataclass
@@ -120,8 +131,6 @@ class _Problem:
         return self.finish("error")
 
     def finish(self, reason: str) -> str:
-        from vtcr.grade import extract_answer
-
         rec = self.record
         rec.stop_reason = reason
         rec.finished = reason == "answer"
@@ -136,7 +145,7 @@ def _check_backend(backend: Any) -> None:
         raise ValueError(f"backend {backend!r} has no generate(request) method")
 
 
-def reason_many(
+def iter_reason(
     questions: Sequence[str],
     backend: Backend,
     config: EngineConfig | None = None,
@@ -146,13 +155,14 @@ def reason_many(
     seeds: Sequence[int] | None = None,
     concurrency: int | None = None,
     progress: bool = False,
-) -> list[RunRecord]:
-    """Reason about every question; returns one `RunRecord` per question, in input order.
+) -> Iterator[tuple[int, RunRecord]]:
+    """Reason about every question; yields `(index, RunRecord)` as each problem finishes.
 
     render_workers: threads that render finished rounds while other problems generate.
     concurrency: generate calls in flight at once (default `backend.concurrency`, else 1).
     seeds: one sampling seed per problem (default `config.seed + i`).
-    Raises ValueError before any work for an empty question or a bad argument.
+    Raises ValueError at the call, before any work, for an empty question or a bad argument.
+    Closing the iterator early starts no new round; calls already in flight are waited for.
     """
     config = config or EngineConfig()
     questions = list(questions)
@@ -166,22 +176,26 @@ def reason_many(
     concurrency = int(concurrency or getattr(backend, "concurrency", None) or 1)
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    if not questions:
-        return []
+    render_config = run_render_config(config, backend) if questions else None  # fails before any generation
+    if render_config is not None:
+        from vtcr.render import preset_name
 
-    preset_name = resolve_render_preset(config, backend)
-    from vtcr.render import preset
+        config = replace(config, render_preset=preset_name(render_config), render_config=render_config)
+    return _drive(questions, backend, config, render_config, render_workers, on_round, seeds, concurrency, progress)
 
-    render_config = preset(preset_name)  # fail on an unknown preset before any generation
-    config = replace(config, render_preset=preset_name)
+
+def _drive(
+    questions: list[str], backend: Backend, config: EngineConfig, render_config: Any, render_workers: int,
+    on_round: OnRound | None, seeds: Sequence[int] | None, concurrency: int, progress: bool,
+) -> Iterator[tuple[int, RunRecord]]:  # fmt: skip
     run_id = uuid.uuid4().hex[:12]
     model_name = str(getattr(backend, "name", "?"))
+    config_dict = config.to_dict()
     problems = []
     for i, q in enumerate(questions):
         seed = int(seeds[i]) if seeds is not None else config.seed + i
-        record = RunRecord(question=q, mode=config.mode, model=model_name, seed=seed, config=config.to_dict())
-        key = f"vtcr-{run_id}-{i}"
-        problems.append(_Problem(index=i, question=q, config=config, seed=seed, key=key, record=record))
+        record = RunRecord(question=q, mode=config.mode, model=model_name, seed=seed, config=dict(config_dict))
+        problems.append(_Problem(index=i, question=q, config=config, seed=seed, key=f"vtcr-{run_id}-{i}", record=record))
 
     local = threading.local()
 
@@ -201,6 +215,7 @@ def reason_many(
     ready: list[tuple[int, int]] = [(0, p.index) for p in problems]  # (-rounds done, index): furthest first
     heapq.heapify(ready)
     pending: dict[Future, tuple[_Problem, str, int]] = {}
+    finished: list[_Problem] = []
     generating = 0
 
     def advance(p: _Problem, step: str) -> None:
@@ -216,45 +231,58 @@ def reason_many(
                 except Exception:  # forgetting a cache must never fail a finished problem
                     pass
             bar.update(1)
+            finished.append(p)
 
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="vtcr-gen") as gen_pool, ThreadPoolExecutor(
-        render_workers, thread_name_prefix="vtcr-render"
-    ) as render_pool:
-        while ready or pending:
-            while ready and generating < concurrency:
-                _, i = heapq.heappop(ready)
-                p = problems[i]
-                if not p.started:
-                    p.started = time.perf_counter()
-                try:
-                    request = p.request()
-                except Exception as exc:  # e.g. a prompt the template cannot render
-                    advance(p, p.fail(exc))
+    try:
+        with ThreadPoolExecutor(concurrency, thread_name_prefix="vtcr-gen") as gen_pool, ThreadPoolExecutor(
+            render_workers, thread_name_prefix="vtcr-render"
+        ) as render_pool:
+            while ready or pending or finished:
+                while finished:
+                    p = finished.pop(0)
+                    yield p.index, p.record
+                while ready and generating < concurrency:
+                    _, i = heapq.heappop(ready)
+                    p = problems[i]
+                    if not p.started:
+                        p.started = time.perf_counter()
+                    try:
+                        request = p.request()
+                    except Exception as exc:  # e.g. a prompt the template cannot render
+                        advance(p, p.fail(exc))
+                        continue
+                    images = len(p.pages) if config.mode == "vtc" else 0
+                    pending[gen_pool.submit(backend.generate, request)] = (p, "generate", images)
+                    generating += 1
+                if not pending:
                     continue
-                images = len(p.pages) if config.mode == "vtc" else 0
-                pending[gen_pool.submit(backend.generate, request)] = (p, "generate", images)
-                generating += 1
-            if not pending:
-                continue
-            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for fut in finished:
-                p, kind, images = pending.pop(fut)
-                if kind == "generate":
-                    generating -= 1
-                rounds_before = p.rounds_done
-                try:
+                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    p, kind, images = pending.pop(fut)
                     if kind == "generate":
-                        step = p.on_generated(fut.result(), images)
-                    else:
-                        step = p.on_rendered(*fut.result())
-                except Exception as exc:
-                    step = p.fail(exc)
-                # A round is complete once generated and, when it is rendered, rendered.
-                if on_round is not None and (kind == "render" or (step != "render" and p.rounds_done > rounds_before)):
-                    on_round(p.index, p.record.rounds[-1], p.record)
-                advance(p, step)
-    bar.close()
-    return [p.record for p in problems]
+                        generating -= 1
+                    rounds_before = p.rounds_done
+                    try:
+                        step = p.on_generated(fut.result(), images) if kind == "generate" else p.on_rendered(*fut.result())
+                    except Exception as exc:
+                        step = p.fail(exc)
+                    # A round is complete once generated and, when it is rendered, rendered.
+                    if on_round is not None and (kind == "render" or (step != "render" and p.rounds_done > rounds_before)):
+                        on_round(p.index, p.record.rounds[-1], p.record)
+                    advance(p, step)
+    finally:
+        bar.close()
+
+
+def reason_many(
+    questions: Sequence[str],
+    backend: Backend,
+    config: EngineConfig | None = None,
+    **kwargs: Any,
+) -> list[RunRecord]:
+    """Every question's `RunRecord`, in input order (arguments as `iter_reason`)."""
+    records: dict[int, RunRecord] = dict(iter_reason(questions, backend, config, **kwargs))
+    return [records[i] for i in range(len(records))]
 
 
 def reason(

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
-from vtcr.prompts import SYSTEM_PROMPT
+from vtcr.grade import ANSWER_TYPES, last_boxed
+from vtcr.prompts import SYSTEM_PROMPT, user_parts
 
 MODES = ("vtc", "standard", "text", "no-memory")
 
@@ -44,8 +45,10 @@ _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 class EngineConfig:
     """How one problem is reasoned about. Round-trips through JSON (`to_json` / `from_json`).
 
-    render_preset: None uses the model's own (`vtcr.json` of the checkpoint; "dense" when the backend
-    cannot tell). system_prompt: the optical-memory prompt of ``vtc`` / ``no-memory`` (None: no
+    render_preset / render_config: the pages of optical memory (a preset name, or a RenderConfig /
+    its Glyph JSON dict); neither: the model's own (its vtcr.json, or what `vtcr serve` reports), else
+    the paper's layout with a warning (`vtcr.render.resolve_render_config`). A run record's config
+    holds the one used. system_prompt: the optical-memory prompt of ``vtc`` / ``no-memory`` (None: no
     system turn). standard_system_prompt: the system turn of ``standard`` and ``text``. answer_type:
     how `answer` is extracted (`vtcr.grade.extract_answer`): "math" or "multiple_choice".
     """
@@ -58,6 +61,7 @@ class EngineConfig:
     seed: int = 0
     boxed_counts_as_final: bool = True
     render_preset: str | None = None
+    render_config: Any = None  # RenderConfig | None (a Glyph JSON dict is converted)
     save_images: bool = False
     system_prompt: str | None = SYSTEM_PROMPT
     standard_system_prompt: str | None = None
@@ -76,11 +80,28 @@ class EngineConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
-        if self.answer_type not in ("math", "integer", "number", "multiple_choice"):
-            raise ValueError(f"unknown answer_type {self.answer_type!r}")
+        if self.answer_type not in ANSWER_TYPES:
+            raise ValueError(f"unknown answer_type {self.answer_type!r}; expected one of {', '.join(ANSWER_TYPES)}")
+        from vtcr.render import preset, render_config
+
+        if self.render_preset is not None:
+            named = preset(self.render_preset)  # ValueError naming the known presets
+        if self.render_config is not None:
+            config = render_config(self.render_config)
+            if self.render_preset is not None and config != named:
+                raise ValueError(f"render_config differs from render preset {self.render_preset!r}: give one of them")
+            object.__setattr__(self, "render_config", config)
+
+    @property
+    def render(self) -> Any:
+        """What this config asks to render with (a RenderConfig or preset name), or None: the model's."""
+        return self.render_config if self.render_config is not None else self.render_preset
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.render_config is not None:
+            out["render_config"] = self.render_config.to_dict()
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -98,10 +119,6 @@ class EngineConfig:
         return cls.from_dict(json.loads(text))
 
     @property
-    def rounds_allowed(self) -> int:
-        return 1 if self.mode == "standard" else self.max_rounds
-
-    @property
     def tokens_per_round(self) -> int:
         return self.max_rounds * self.round_tokens if self.mode == "standard" else self.round_tokens
 
@@ -114,8 +131,6 @@ def is_final(text: str, boxed_counts_as_final: bool = True) -> bool:
     them while thinking), but a ``\\boxed{}`` there is a step of the reasoning, never final.
     Pass the text of all rounds so far: a ``</think>`` closed in an earlier round still counts.
     """
-    from vtcr.grade import last_boxed  # light: grade imports no ML libraries
-
     cut = text.rfind(_THINK_CLOSE)
     tail = text if cut < 0 else text[cut + len(_THINK_CLOSE) :]
     if any(inner.strip() for inner in _ANSWER.findall(tail)):
@@ -134,8 +149,6 @@ def check_question(question: Any, where: str = "question") -> str:
 def round_messages(config: EngineConfig, question: str, pages: list) -> list[dict[str, Any]]:
     """The chat messages of one round: system turn (per mode), then the user turn in the fixed order
     of `vtcr.prompts.user_parts` with the PIL pages attached to the image parts."""
-    from vtcr.prompts import user_parts
-
     system = config.system_prompt if config.mode in ("vtc", "no-memory") else config.standard_system_prompt
     parts = user_parts(question, len(pages))
     for part, page in zip(parts[1:], pages):

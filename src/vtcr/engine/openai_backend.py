@@ -43,7 +43,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from .backend import GenerationRequest, GenerationResult
 
@@ -192,8 +192,10 @@ class OpenAIBackend:
     report them; vtcr serve does): "auto" infers it from the model name, None disables (0 is
     recorded). max_image_pixels: the server's image cap when it is not the family default.
     extra_body: fields merged into every request (e.g. {"top_k": 20, "skip_special_tokens": False}).
-    render_preset: the preset the served model was trained with (the engine reads it). concurrency:
-    requests in flight at once (the engine reads it too, to size its worker pool).
+    render_config: the pages the served model was trained to read (preset name, JSON file or
+    RenderConfig); None asks the server once (`vtcr serve` reports its model's in `GET
+    /v1/models/{id}`; vLLM and SGLang report none, and the engine then warns and renders the paper's
+    layout). concurrency: requests in flight at once (the engine reads it too, to size its pool).
     """
 
     def __init__(
@@ -211,7 +213,7 @@ class OpenAIBackend:
         vision_family: str | None = "auto",
         max_image_pixels: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
-        render_preset: str | None = None,
+        render_config: Any = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not model:
@@ -242,12 +244,50 @@ class OpenAIBackend:
         self.vision_family = vision_family
         self.max_image_pixels = max_image_pixels
         self.extra_body = dict(extra_body or {})
-        self.render_preset = render_preset  # read by the engine; None: its default preset
+        from vtcr.render import render_config as _as_render_config
+
+        self._render_config = _as_render_config(render_config)
+        self._asked_server = self._render_config is not None
+        self._info_lock = threading.Lock()
         self._sleep = sleep
         self._slots = threading.BoundedSemaphore(self.concurrency)
         self._images = _DataUrlCache()
         parts = urlsplit(self.url)
         self._scheme, self._netloc, self._path = parts.scheme, parts.netloc, parts.path
+
+    # ---- what the server says about its model ------------------------------------------------
+
+    @property
+    def render_config(self):
+        """The served model's render config (the engine reads it): the one given, else what the
+        server reports for the model (asked once), else None."""
+        with self._info_lock:
+            if not self._asked_server:
+                self._asked_server = True
+                info = self.model_info()
+                vtcr_info = info.get("vtcr") if isinstance(info, dict) else None
+                reported = vtcr_info.get("render_config") if isinstance(vtcr_info, dict) else None
+                if isinstance(reported, dict):
+                    from vtcr.render import render_config
+
+                    self._render_config = render_config(reported)
+        return self._render_config
+
+    def model_info(self) -> dict[str, Any] | None:
+        """`GET /v1/models/{model}` (else the model's entry in `GET /v1/models`), or None when the
+        server answers neither. One attempt each: this is metadata, not generation."""
+        base = self._path.rsplit("/chat/completions", 1)[0]
+        for path in (f"{base}/models/{quote(self.name, safe='')}", f"{base}/models"):
+            data, failure = self._request("GET", path, None, expect_choices=False)
+            if data is None:
+                continue
+            if data.get("object") == "list":
+                entry = next((m for m in data.get("data") or [] if isinstance(m, dict) and m.get("id") == self.name), None)
+                if entry is not None:
+                    return entry
+                continue
+            return data
+        return None
 
     # ---- request building -------------------------------------------------------------------
 
@@ -296,13 +336,20 @@ class OpenAIBackend:
     # ---- one HTTP attempt -------------------------------------------------------------------
 
     def _post(self, payload: bytes) -> tuple[dict[str, Any] | None, _Failure | None]:
+        return self._request("POST", self._path, payload)
+
+    def _request(
+        self, method: str, path: str, payload: bytes | None, *, expect_choices: bool = True
+    ) -> tuple[dict[str, Any] | None, _Failure | None]:
         cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
         conn = cls(self._netloc, timeout=self.timeout_s)
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        headers = {"Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         try:
-            conn.request("POST", self._path, body=payload, headers=headers)
+            conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
             raw = response.read()
             status = response.status
@@ -323,7 +370,7 @@ class OpenAIBackend:
         except ValueError:
             snippet = raw[:200].decode("utf-8", errors="replace")
             return None, _Failure(f"HTTP 200 with a body that is not JSON: {snippet!r}", status, False)
-        if not isinstance(data, dict) or not data.get("choices"):
+        if not isinstance(data, dict) or (expect_choices and not data.get("choices")):
             return None, _Failure(f"HTTP 200 without choices: {str(data)[:200]}", status, False)
         return data, None
 

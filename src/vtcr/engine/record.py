@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from vtcr._io import write_json_atomic
 
 STOP_REASONS = ("answer", "max_rounds", "empty_round", "length", "no_answer", "error")
 
@@ -85,26 +86,23 @@ class RunRecord:
         return "".join(r.text for r in self.rounds)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+def save_round_pages(page_images: list[list[Any]], out_dir: str | os.PathLike, rel_dir: str) -> list[list[str]]:
+    """Write each round's pages as `out_dir/rel_dir/round_01_page_001.png`, ... (the one naming
+    scheme, `vtcr._io.page_file_name`); returns their paths relative to `out_dir`, per round."""
+    from vtcr.render import save_pages
+
+    out = Path(out_dir)
+    return [
+        [str(p.relative_to(out)) for p in save_pages(pages, out / rel_dir, round_index=k)]
+        for k, pages in enumerate(page_images, start=1)
+    ]
 
 
 def write_run(record: RunRecord, out_dir: str | os.PathLike, name: str = "run") -> Path:
     """Write `out_dir/{name}.json` and, when the record holds page images, the pages as
     `out_dir/{name}_pages/round_01_page_001.png`, ... Returns the JSON path."""
-    from vtcr.render import save_png
-
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data = record.to_dict()
-    for k, pages in enumerate(record.page_images, start=1):
-        folder = out / f"{name}_pages"
-        files = [save_png(img, folder / f"round_{k:02d}_page_{i:03d}.png") for i, img in enumerate(pages, 1)]
-        if k <= len(data["rounds"]):
-            data["rounds"][k - 1]["page_files"] = [str(p.relative_to(out)) for p in files]
-    path = out / f"{name}.json"
-    _write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
-    return path
+    for rnd, files in zip(data["rounds"], save_round_pages(record.page_images, out, f"{name}_pages")):
+        rnd["page_files"] = files
+    return write_json_atomic(out / f"{name}.json", data)

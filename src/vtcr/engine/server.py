@@ -5,7 +5,8 @@ library only (http.server); the model runs through `TransformersBackend`.
 
 Endpoints
   GET  /health                 {"status": "ok"}
-  GET  /v1/models              the one served model
+  GET  /v1/models              the one served model (with vtcr's render config of the model)
+  GET  /v1/models/{id}         that model alone (404 for any other id)
   POST /v1/chat/completions    non-streaming chat completions
 
 Requests. `messages` with roles system/developer/user/assistant; content a string or a list of
@@ -55,6 +56,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 from .backend import Backend, GenerationRequest, GenerationResult
 
@@ -340,12 +342,19 @@ class ChatApp:
         self._count_lock = threading.Lock()
         self._waiting = 0
 
+    def model_entry(self) -> dict[str, Any]:
+        """The served model as `/v1/models` lists it, plus what vtcr knows of it: the render config
+        of the pages it was trained to read (the openai backend renders optical memory with it)."""
+        entry: dict[str, Any] = {"id": self.config.served_model_name, "object": "model", "created": 0, "owned_by": "vtcr"}
+        render = getattr(self.backend, "render_config", None)
+        if render is not None:
+            from vtcr.render import preset_name
+
+            entry["vtcr"] = {"render_preset": preset_name(render), "render_config": render.to_dict()}
+        return entry
+
     def models(self) -> dict[str, Any]:
-        entry = {"id": self.config.served_model_name, "object": "model", "created": 0, "owned_by": "vtcr"}
-        preset = getattr(self.backend, "render_preset", None)
-        if preset:
-            entry["vtcr"] = {"render_preset": preset}  # what the model was trained to read
-        return {"object": "list", "data": [entry]}
+        return {"object": "list", "data": [self.model_entry()]}
 
     def chat(self, raw: bytes) -> dict[str, Any]:
         try:
@@ -466,6 +475,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"status": "ok"})
         elif path == f"{API_PREFIX}/models":
             self._send_json(200, self.server.app.models())
+        elif path.startswith(f"{API_PREFIX}/models/"):
+            name = unquote(path[len(f"{API_PREFIX}/models/"):])
+            if name == self.server.app.config.served_model_name:
+                self._send_json(200, self.server.app.model_entry())
+            else:
+                self._send_error(RequestError(404, f"the model {name!r} does not exist", code="model_not_found", param="model"))
         elif path == f"{API_PREFIX}/chat/completions":
             self._send_error(RequestError(405, "use POST for /v1/chat/completions", code="method_not_allowed"))
         else:

@@ -28,7 +28,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -137,25 +136,6 @@ class _Prepared:
     delta: int = 0  # M-RoPE position minus text position after the prompt (set by _prefill)
 
 
-def resolve_model_path(path_or_id: str | os.PathLike) -> Path:
-    """A local checkpoint folder, or a hub id resolved through the local Hugging Face cache
-    (downloaded when online)."""
-    path = Path(path_or_id).expanduser()
-    if path.exists():
-        return path
-    text = str(path_or_id)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(text))
-        except Exception as exc:
-            raise FileNotFoundError(
-                f"model {text!r} is neither a local folder nor an available hub model ({exc})"
-            ) from None
-    raise FileNotFoundError(f"model folder {path} does not exist")
-
-
 class TransformersBackend:
     """A loaded VLM as a `Backend` (one generate call at a time; thread-safe).
 
@@ -164,7 +144,8 @@ class TransformersBackend:
     token under the full distribution in `result.extra["logprobs"]`. max_prefixes: conversations
     kept at once (least recently used dropped first). max_image_pixels: cap on each image's resized
     area (`from_pretrained` takes the checkpoint's `vtcr.json` value, so inference sees images as
-    training did).
+    training did). render_config: the pages the model was trained to read (`from_pretrained`: its
+    vtcr.json; None when unknown), which the engine renders optical memory with.
     """
 
     concurrency = 1
@@ -175,7 +156,7 @@ class TransformersBackend:
         processor: Any,
         *,
         name: str = "model",
-        render_preset: str | None = None,
+        render_config: Any = None,
         max_image_pixels: int | None = None,
         prefix_cache: bool = True,
         max_prefixes: int = 64,
@@ -190,7 +171,9 @@ class TransformersBackend:
         self.model = model
         self.processor = processor
         self.name = name
-        self.render_preset = render_preset
+        from vtcr.render import render_config as _as_render_config
+
+        self.render_config = _as_render_config(render_config)
         self.prefix_cache = prefix_cache
         self.max_prefixes = max_prefixes
         self.record_logprobs = record_logprobs
@@ -214,12 +197,12 @@ class TransformersBackend:
         cls, path_or_id: str | os.PathLike, *, device: Any = None, dtype: Any = None, **kwargs: Any
     ) -> TransformersBackend:
         """Load a checkpoint folder (or hub id): bf16 on GPU, fp32 on CPU unless `dtype` says otherwise."""
-        from vtcr.models import load_model
+        from vtcr.models import load_model, resolve_model_path
 
         path = resolve_model_path(path_or_id)
         model, processor, meta = load_model(path, device=device, dtype=dtype)
         kwargs.setdefault("name", str(path_or_id))
-        kwargs.setdefault("render_preset", meta.render_preset)
+        kwargs.setdefault("render_config", meta.render())
         kwargs.setdefault("max_image_pixels", meta.max_image_pixels)
         return cls(model, processor, **kwargs)
 

@@ -2,8 +2,8 @@
 
 One frozen `Benchmark` per evaluation set (lm-evaluation-harness style). `load_benchmark(name)` turns
 its data file into `Problem`s with the gold answer already in final form. Data files live in a
-benchmarks folder (`<root>/<name>/test.jsonl[.gz]`): `root` argument, else $VTCR_BENCHMARKS, else
-$VTCR_SHARED_DATA/benchmarks, else `../shared/data/benchmarks` next to the project checkout.
+benchmarks folder (`<root>/<name>/test.jsonl[.gz]`): `root` argument, else `benchmarks/` of the shared
+data folder (`$VTCR_DATA`, else `../shared/data` next to the project checkout).
 
 GPQA-Diamond's authors ask that its questions never appear in plain text: `Problem.__repr__` leaves
 the question out, and nothing here prints one.
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
+from vtcr._io import DATA_ENV, find_shared_data
 from vtcr.grade import ANSWER_TYPES, last_boxed
 
 GoldReader = Literal["plain", "gsm8k_hashes", "last_boxed", "number", "letter"]
@@ -159,27 +159,18 @@ def _number_text(text: str, where: str) -> str:
     return format(value.normalize(), "f")
 
 
-def _project_root() -> Path:
-    # src/vtcr/evaluate/benchmarks.py -> the checkout holding src/
-    return Path(__file__).resolve().parents[3]
-
-
 def benchmarks_root(root: str | Path | None = None) -> Path:
-    """The benchmarks folder: `root`, else $VTCR_BENCHMARKS, else the shared data next to the project."""
+    """The benchmarks folder: `root`, else `benchmarks/` of the shared data (`$VTCR_DATA`, else
+    `../shared/data` next to the project checkout; `vtcr._io.find_shared_data`)."""
     if root is not None:
-        candidates = [("root argument", Path(root))]
-    elif os.environ.get("VTCR_BENCHMARKS"):
-        candidates = [("$VTCR_BENCHMARKS", Path(os.environ["VTCR_BENCHMARKS"]))]
-    else:
-        candidates = []
-        if os.environ.get("VTCR_SHARED_DATA"):
-            candidates.append(("$VTCR_SHARED_DATA/benchmarks", Path(os.environ["VTCR_SHARED_DATA"]) / "benchmarks"))
-        candidates.append(("default", _project_root().parent / "shared" / "data" / "benchmarks"))
-    for _, path in candidates:
-        if path.is_dir():
-            return path
-    tried = "; ".join(f"{label}: {path}" for label, path in candidates)
-    raise FileNotFoundError(f"benchmarks folder not found ({tried}); pass root= or set VTCR_BENCHMARKS")
+        path = Path(root).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"benchmarks folder {root} does not exist")
+        return path
+    path = find_shared_data() / "benchmarks"
+    if not path.is_dir():
+        raise FileNotFoundError(f"the shared data folder has no benchmarks/ folder ({path}); set {DATA_ENV} or pass root=")
+    return path
 
 
 def _open_text(path: Path):

@@ -4,7 +4,7 @@
 benchmark, a row per mode), plots/*.png and index.html (`vtcr.evaluate.viewer`).
 
 No question text appears in any of them: report and summary hold ids, letters and numbers; the
-viewer shows questions and model text for unprotected benchmarks only (`run.is_protected`).
+viewer shows questions and model text for unprotected benchmarks only (`results.is_protected`).
 Plots use matplotlib's object API with the Agg canvas (no pyplot, no global backend switch) and
 carry no timestamps, so the same results give the same bytes.
 """
@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from vtcr.evaluate.metrics import BASELINE_MODE, run_rounds
-from vtcr.evaluate.run import is_protected, load_rows_with_batches, summarize_dir, write_text_atomic
+from vtcr._io import atomic_open, write_text_atomic
+from vtcr.evaluate.results import is_protected, load_rows_with_batches, summarize_dir
+from vtcr.evaluate.viewer import write_viewer
 
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
@@ -33,8 +35,6 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 def write_reports(out_dir: str | os.PathLike, expected_runs: int | None = None) -> dict[str, Any]:
     """summary.json, report.md, plots and index.html of an eval folder; returns the summary."""
-    from vtcr.evaluate.viewer import write_viewer
-
     out = Path(out_dir)
     summary = summarize_dir(out, expected_runs)
     rows = load_rows_with_batches(out)
@@ -91,9 +91,20 @@ def _table(groups: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _render_used(rows: list[dict[str, Any]]) -> str:
+    """The render configs the `vtc` runs used, as their records say (a preset name, or "custom")."""
+    used = Counter()
+    for r in rows:
+        config = r.get("config") or {}
+        if r.get("mode") == "vtc" and config.get("render_config") is not None:
+            used[config.get("render_preset") or "a custom render config"] += 1
+    return ", ".join(f"`{name}` ({n} runs)" for name, n in sorted(used.items())) or "no vtc runs yet"
+
+
 def render_report(summary: dict[str, Any], rows: list[dict[str, Any]], plots: list[str]) -> str:
     """report.md: settings, a table per benchmark (a row per mode), plots, errors by id."""
     cfg = summary["config"]
+    eng = cfg["engine"]
     who = cfg["model"] if cfg.get("server") is None else f"{cfg['served_model']} at {cfg['server']}"
     samples = cfg["samples"] if cfg["samples"] is not None else "benchmark default (16 for aime25/amc23, else 1)"
     done = f"{summary['runs']}" + (f" of {summary['expected_runs']}" if summary.get("expected_runs") is not None else "")
@@ -102,9 +113,10 @@ def render_report(summary: dict[str, Any], rows: list[dict[str, Any]], plots: li
         "",
         f"- model: `{who}`",
         f"- modes: {', '.join(cfg['modes'])}; samples per problem: {samples}; limit: {cfg['limit'] or 'none'}",
-        f"- up to {cfg['max_rounds']} rounds x {cfg['round_tokens']} new tokens (`standard`: one round of "
-        f"{cfg['max_rounds'] * cfg['round_tokens']}); temperature {cfg['temperature']}, top_p {cfg['top_p']}, "
-        f"seed {cfg['seed']} (sample k uses seed + k)",
+        f"- up to {eng['max_rounds']} rounds x {eng['round_tokens']} new tokens (`standard`: one round of "
+        f"{eng['max_rounds'] * eng['round_tokens']}); temperature {eng['temperature']}, top_p {eng['top_p']}, "
+        f"base seed {eng['seed']} (each problem x sample draws from a seed derived from it, the same in every mode)",
+        f"- optical memory rendered with: {_render_used(rows)}",
         f"- runs: {done}" + ("" if summary.get("complete") in (None, True) else " (incomplete: resume with --resume)"),
         "",
         "avg@K: mean accuracy over the K samples of a problem, averaged over problems; pass@K: a problem "
@@ -142,10 +154,8 @@ def _save(fig: Any, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=_DPI, metadata={"Software": None})
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=_DPI, metadata={"Software": None})
     return path
 
 

@@ -1,6 +1,6 @@
 """The evaluation runner: reason about benchmark problems in every mode, grade, and record each run.
 
-    from vtcr.evaluate.run import EvalConfig, run_eval
+    from vtcr.evaluate import EvalConfig, run_eval
     cfg = EvalConfig(benchmarks=("math500", "aime25"), modes=("vtc", "standard"), model="path/to/ckpt")
     summary = run_eval(cfg, "runs/eval1")          # or resume=True to continue a killed run
 
@@ -16,8 +16,9 @@ Output folder (`DIR`):
                   `vtcr.evaluate.viewer`), recomputed from results.jsonl alone
 
 Work is grouped into batches of one mode and one benchmark (up to `batch_size` problem x sample
-pairs, sample-major) handed to `vtcr.engine.reason_many`; sample k of a problem uses a sampling
-seed derived from (`seed`, benchmark, problem id, k) -- the same in every mode, so modes are compared
+pairs, sample-major) handed to `vtcr.engine.iter_reason`, and each run is graded and appended the
+moment the engine yields it; sample k of a problem uses a sampling seed derived from
+(`engine.seed`, benchmark, problem id, k) -- the same in every mode, so modes are compared
 on paired draws, different across problems -- so a resumed run draws exactly what an uninterrupted
 one would.
 
@@ -39,165 +40,29 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import re
-import tempfile
-import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from vtcr._io import write_text_atomic
+from vtcr.engine import iter_reason, open_backend
+from vtcr.engine.record import save_round_pages
 from vtcr.evaluate.benchmarks import Benchmark, Problem, get_benchmark, load_benchmark
+from vtcr.evaluate.config import EvalConfig
+from vtcr.evaluate.report import write_reports
+from vtcr.evaluate.results import (
+    BATCHES_FILE, CONFIG_FILE, IMAGES_DIR, RESULTS_FILE, Key, is_protected, read_batches, read_config, read_rows,
+    row_key, summarize_dir,
+)  # fmt: skip
+from vtcr.grade import GradeConfig, Grader
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
-RESULTS_FILE = "results.jsonl"
-BATCHES_FILE = "batches.jsonl"
-IMAGES_DIR = "images"
-DEFAULT_MODES = ("vtc", "standard")
-# Benchmarks whose text must never appear in human-facing output (name prefixes).
-PROTECTED_PREFIXES = ("gpqa",)
-
-Key = tuple[str, str, int, str]  # (benchmark, problem id, sample, mode)
-
-
-def is_protected(benchmark: str) -> bool:
-    """Whether a benchmark's questions (and the model text about them) stay out of reports."""
-    return benchmark.lower().startswith(PROTECTED_PREFIXES)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Everything that decides the numbers of an evaluation; saved as DIR/config.json.
-
-    samples: samples per problem; None uses each benchmark's default (16 for aime25/amc23, else 1).
-    limit: only the first `limit` problems of each benchmark (file order).
-    model: a checkpoint folder or hub id (in-process transformers), or with `server` the served
-    model name is `served_model`. render_preset: None uses the model's own.
-    batch_size: problem x sample pairs handed to the engine at once (bounds memory; the unit of the
-    batch-amortised latency). save_images: keep each vtc round's page images for the viewer.
-    Runtime-only choices (device, dtype, concurrency, render workers, grading time limit) are
-    arguments of `run_eval`, not part of the config.
-    """
-
-    benchmarks: tuple[str, ...]
-    modes: tuple[str, ...] = DEFAULT_MODES
-    samples: int | None = None
-    limit: int | None = None
-    max_rounds: int = 8
-    round_tokens: int = 8192
-    temperature: float = 0.6
-    top_p: float = 0.95
-    seed: int = 0
-    model: str | None = None
-    server: str | None = None
-    served_model: str | None = None
-    render_preset: str | None = None
-    batch_size: int = 64
-    save_images: bool = True
-
-    def __post_init__(self) -> None:
-        from vtcr.engine.modes import MODES
-
-        # JSON gives lists; keep tuples so the config stays hashable and compares equal.
-        for name in ("benchmarks", "modes"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                value = tuple(v.strip() for v in value.split(",") if v.strip())
-            object.__setattr__(self, name, tuple(value))
-        if not self.benchmarks:
-            raise ValueError("no benchmarks given")
-        for name in self.benchmarks:
-            get_benchmark(name)  # raises naming the known ones
-        if not self.modes:
-            raise ValueError("no modes given")
-        for mode in self.modes:
-            if mode not in MODES:
-                raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-        for name in ("benchmarks", "modes"):
-            value = getattr(self, name)
-            if len(set(value)) != len(value):
-                raise ValueError(f"{name} lists an entry twice: {', '.join(value)}")
-        for name in ("samples", "limit"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if self.server is not None and not self.served_model:
-            raise ValueError("a server needs the served model name (served_model / --served-model)")
-        if self.server is not None and self.model is not None:
-            raise ValueError("give either a model (in-process) or a server, not both")
-        self.engine_config(self.modes[0])  # validates rounds, tokens, temperature, top_p, seed
-
-    # -- JSON ------------------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["benchmarks"], d["modes"] = list(self.benchmarks), list(self.modes)
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EvalConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown EvalConfig keys: {sorted(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str) -> "EvalConfig":
-        return cls.from_dict(json.loads(text))
-
-    # -- derived ---------------------------------------------------------------------------------
-
-    def samples_for(self, benchmark: str) -> int:
-        return self.samples if self.samples is not None else get_benchmark(benchmark).default_samples
-
-    def engine_config(self, mode: str, answer_type: str = "math", save_images: bool = False):
-        from vtcr.engine import EngineConfig
-
-        return EngineConfig(
-            mode=mode, max_rounds=self.max_rounds, round_tokens=self.round_tokens, temperature=self.temperature,
-            top_p=self.top_p, seed=self.seed, render_preset=self.render_preset, save_images=save_images,
-            answer_type=answer_type,
-        )  # fmt: skip
-
-    def differences(self, other: "EvalConfig") -> list[str]:
-        """`key: this -> other` for every setting that differs."""
-        a, b = self.to_dict(), other.to_dict()
-        return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a) if a[k] != b[k]]
-
 
 # ------------------------------------------------------------------------------------------------
 # The output folder
 # ------------------------------------------------------------------------------------------------
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_config(out_dir: str | os.PathLike) -> EvalConfig:
-    path = Path(out_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{out_dir} holds no {CONFIG_FILE}: not a vtcr eval folder")
-    try:
-        return EvalConfig.from_json(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ValueError(f"{path}: not a valid eval config ({exc})") from None
 
 
 def prepare_out_dir(out_dir: str | os.PathLike, config: EvalConfig, resume: bool) -> Path:
@@ -222,67 +87,6 @@ def prepare_out_dir(out_dir: str | os.PathLike, config: EvalConfig, resume: bool
         return out
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / CONFIG_FILE, config.to_json() + "\n")
-    return out
-
-
-def row_key(row: dict[str, Any]) -> Key:
-    return (str(row["benchmark"]), str(row["id"]), int(row["sample"]), str(row["mode"]))
-
-
-def read_rows(path: str | os.PathLike, *, repair: bool = False, drop_errors: bool = False) -> list[dict[str, Any]]:
-    """The rows of a results.jsonl file.
-
-    A torn last line (no newline, or JSON cut short: the run was killed mid-write) is dropped;
-    anything else unreadable raises naming the line. With `repair`, a file that had a torn line,
-    lacked its final newline or (with `drop_errors`) held error rows is rewritten atomically
-    without them. Duplicate keys raise: a results file never holds two lines for one run.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    complete = data.endswith(b"\n") or not data
-    rows: list[dict[str, Any]] = []
-    seen: dict[Key, int] = {}
-    dirty = not complete
-    for lineno, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        last = lineno == len(lines) or (lineno == len(lines) - 1 and not lines[-1])
-        try:
-            row = json.loads(raw)
-            key = row_key(row)
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
-            if last:
-                logger.warning("%s:%d: dropping a torn last line (%s)", path, lineno, type(exc).__name__)
-                dirty = True
-                continue
-            raise ValueError(f"{path}:{lineno}: not a results row ({exc})") from None
-        if key in seen:
-            raise ValueError(f"{path}:{lineno}: duplicate row for {key} (first at line {seen[key]})")
-        if drop_errors and row.get("error"):
-            dirty = True
-            continue
-        seen[key] = lineno
-        rows.append(row)
-    if repair and dirty:
-        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return rows
-
-
-def read_batches(out_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """batch_id -> {wall_s, size, ...} from batches.jsonl (a torn last line is ignored)."""
-    path = Path(out_dir) / BATCHES_FILE
-    if not path.is_file():
-        return {}
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            b = json.loads(line)
-            out[str(b["batch_id"])] = b
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
     return out
 
 
@@ -329,19 +133,6 @@ def image_dir(benchmark: str, mode: str, problem_id: str, sample: int) -> str:
     return f"{IMAGES_DIR}/{_slug(benchmark)}/{_slug(mode)}/{_slug(problem_id)}/s{sample}"
 
 
-def save_run_images(out: Path, rel_dir: str, page_images: list[list[Any]]) -> list[list[str]]:
-    """Write each round's pages as `r{round}_p{page}.png`; returns their paths relative to `out`."""
-    from vtcr.render import save_png
-
-    files = []
-    for r, pages in enumerate(page_images, 1):
-        names = [f"{rel_dir}/r{r:02d}_p{p:03d}.png" for p in range(1, len(pages) + 1)]
-        for name, img in zip(names, pages):
-            save_png(img, out / name)
-        files.append(names)
-    return files
-
-
 def make_row(
     record: Any, problem: Problem, sample: int, mode: str, batch_id: str, grader: Any, page_files: list[list[str]] | None
 ) -> dict[str, Any]:
@@ -361,24 +152,6 @@ def make_row(
     }  # fmt: skip
     row.update({k: v for k, v in data.items() if k not in row and k != "mode"})
     return row
-
-
-# ------------------------------------------------------------------------------------------------
-# Backends
-# ------------------------------------------------------------------------------------------------
-
-
-def build_backend(config: EvalConfig, *, device: str | None = None, dtype: str | None = None, concurrency: int = 8):
-    """The backend the config names: OpenAIBackend for a server, else an in-process TransformersBackend."""
-    if config.server is not None:
-        from vtcr.engine.openai_backend import OpenAIBackend
-
-        return OpenAIBackend(config.server, config.served_model, concurrency=concurrency)
-    if config.model is None:
-        raise ValueError("no model: give --model PATH, or --server URL with --served-model NAME")
-    from vtcr.engine import TransformersBackend
-
-    return TransformersBackend.from_pretrained(config.model, device=device, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -434,64 +207,22 @@ def _run_batch(
     units: list[Unit], config: EvalConfig, backend: Any, out: Path, results: _AppendLog, grader: Any,
     batch_id: str, render_workers: int, on_row: Any,
 ) -> float:  # fmt: skip
-    """Reason about one batch in a background thread; grade and write each run as it finishes.
-
-    The engine calls `on_round` in its scheduler thread; finished records are queued to this (the
-    main) thread, which grades them (math-verify's time limit is cheapest here) and appends them.
-    Returns the batch wall time (rendering and grading included).
-    """
-    from vtcr.engine import reason_many
-
+    """Reason about one batch; grade and append each run as the engine yields it. Returns the batch
+    wall time (rendering and grading included)."""
     mode, bench = units[0].mode, units[0].benchmark
     save_images = config.save_images and mode == "vtc" and not is_protected(bench.name)
     engine_cfg = config.engine_config(mode, bench.answer_type, save_images)
     questions = [bench.format_prompt(u.problem.question) for u in units]
-    seeds = [unit_seed(config.seed, bench.name, u.problem.id, u.sample) for u in units]
-    done: queue.Queue = queue.Queue()
-    outcome: dict[str, Any] = {}
-
-    def on_round(index: int, _round: Any, record: Any) -> None:
-        if record.stop_reason is not None:
-            done.put((index, record))
-
-    def work() -> None:
-        try:
-            outcome["records"] = reason_many(
-                questions, backend, engine_cfg, render_workers=render_workers, on_round=on_round, seeds=seeds
-            )
-        except BaseException as exc:  # re-raised in the main thread
-            outcome["error"] = exc
-        finally:
-            done.put(None)
-
-    written: set[int] = set()
-
-    def write(index: int, record: Any) -> None:
-        if index in written:
-            return
+    seeds = [unit_seed(config.engine.seed, bench.name, u.problem.id, u.sample) for u in units]
+    start = time.perf_counter()
+    for index, record in iter_reason(questions, backend, engine_cfg, render_workers=render_workers, seeds=seeds):
         u = units[index]
         files = None
         if save_images and record.page_images:
-            files = save_run_images(out, image_dir(bench.name, mode, u.problem.id, u.sample), record.page_images)
+            files = save_round_pages(record.page_images, out, image_dir(bench.name, mode, u.problem.id, u.sample))
         row = make_row(record, u.problem, u.sample, mode, batch_id, grader, files)
         results.write(row)
-        written.add(index)
         on_row(row)
-
-    start = time.perf_counter()
-    thread = threading.Thread(target=work, name=f"vtcr-eval-{batch_id}", daemon=True)
-    thread.start()
-    while True:
-        item = done.get()
-        if item is None:
-            break
-        write(*item)
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    # Problems that failed before any round never reach on_round: write them from the result list.
-    for index, record in enumerate(outcome["records"]):
-        write(index, record)
     return time.perf_counter() - start
 
 
@@ -519,8 +250,6 @@ def run_eval(
     """
     from tqdm.auto import tqdm
 
-    from vtcr.grade import GradeConfig, Grader
-
     if backend is None and config.model is None and config.server is None:
         raise ValueError("no model: give --model PATH, or --server URL with --served-model NAME")
     problems = load_problems(config, data_root)  # before touching DIR: bad data fails fast
@@ -535,7 +264,9 @@ def run_eval(
     n_batches = max((int(m.group(1)) for b in used if (m := re.fullmatch(r"b(\d+)", b))), default=0)
 
     if todo:
-        backend = backend if backend is not None else build_backend(config, device=device, dtype=dtype, concurrency=concurrency)
+        if backend is None:
+            backend = open_backend(config.model, server=config.server, served_model=config.served_model, device=device,
+                                   dtype=dtype, concurrency=concurrency)  # fmt: skip
         results, batches = _AppendLog(results_path), _AppendLog(out / BATCHES_FILE)
         try:
             with Grader(GradeConfig(timeout_s=grade_timeout_s)) as grader:
@@ -566,31 +297,6 @@ def run_eval(
 
     if not report:
         return summarize_dir(out, expected_runs=len(units))
-    from vtcr.evaluate.report import write_reports
-
     return write_reports(out, expected_runs=len(units))
 
 
-def load_rows_with_batches(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """results.jsonl rows with their batch's wall time and size attached (`batch_wall_s`,
-    `batch_size`; absent for a batch that was killed before it finished)."""
-    out = Path(out_dir)
-    batches = read_batches(out)
-    rows = read_rows(out / RESULTS_FILE)
-    for r in rows:
-        b = batches.get(str(r.get("batch_id")))
-        if b is not None:
-            r["batch_wall_s"], r["batch_size"] = b["wall_s"], b["size"]
-    return rows
-
-
-def summarize_dir(out_dir: str | os.PathLike, expected_runs: int | None = None) -> dict[str, Any]:
-    """The summary of an eval folder: its config, runs done (of `expected_runs`, when known) and the
-    metrics per benchmark x mode (see `vtcr.evaluate.metrics`). Ids and numbers only, no text."""
-    from vtcr.evaluate.metrics import summarise
-
-    out = Path(out_dir)
-    config = read_config(out)
-    summary = summarise(load_rows_with_batches(out))
-    complete = None if expected_runs is None else summary["runs"] >= expected_runs
-    return {"config": config.to_dict(), "expected_runs": expected_runs, "complete": complete, **summary}

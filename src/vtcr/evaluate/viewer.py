@@ -25,7 +25,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vtcr.evaluate.run import is_protected, write_text_atomic
+from vtcr._io import write_text_atomic
+from vtcr.evaluate.results import is_protected
 
 VIEWER_FILE = "index.html"
 WITHHELD = "[withheld: text of a protected benchmark (GPQA) is never shown]"

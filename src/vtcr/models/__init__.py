@@ -1,6 +1,6 @@
 """Real-architecture VLMs, built and loaded offline.
 
-    init_model(arch, size, tokenizer, out_dir, seed=0, render_preset="dense") -> Path
+    init_model(arch, size, tokenizer, out_dir, seed=0, render="dense") -> Path   # render: the pages it reads
     load_model(path, device=None, dtype=None) -> (model, processor, meta)
     load_processor(path) -> processor
     build_inputs(processor, messages, images) -> BatchFeature for model(**inputs) / generate
@@ -40,6 +40,8 @@ _EXPORTS = {
     "init_model": "checkpoint",
     "load_model": "checkpoint",
     "read_meta": "checkpoint",
+    "write_meta": "checkpoint",
+    "resolve_model_path": "checkpoint",
     "save_checkpoint": "checkpoint",
 }
 

@@ -12,27 +12,33 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+from vtcr._io import write_json_atomic
+from vtcr.render.presets import DEFAULT_PRESET
 
 from .architectures import arch_of, build_config, dims, family, resolve_size
 
 META_FILE = "vtcr.json"
-DEFAULT_RENDER_PRESET = "dense"
 
 
 @dataclass(frozen=True)
 class ModelMeta:
     """What vtcr needs to know about a checkpoint beyond the HF files (``vtcr.json``).
 
-    The engine and the trainer read `render_preset` (how optical memory is rendered for this model)
-    and `max_image_pixels` (cap on each image's resized area; None: the family's own cap).
+    render_config: the Glyph/VTC-R1 JSON of the pages the model was trained to read (the engine
+    renders optical memory with it); render_preset: that config's preset name, when it is one.
+    Older vtcr.json files carry only the name. Neither: the model's pages are unknown (a checkpoint
+    vtcr did not make), see `vtcr.render.resolve_render_config`. max_image_pixels: cap on each
+    image's resized area (None: the family's own cap).
     """
 
     arch: str
     size: str | None = None
-    render_preset: str = DEFAULT_RENDER_PRESET
+    render_preset: str | None = None
+    render_config: dict[str, Any] | None = None
     created_by: str | None = None
     max_image_pixels: int | None = None
     seed: int | None = None
@@ -44,6 +50,24 @@ class ModelMeta:
     def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def render(self):
+        """The RenderConfig the model was trained with, or None when vtcr.json does not say."""
+        from vtcr.render import render_config
+
+        if self.render_config is not None:
+            config = render_config(self.render_config)
+            return config if self.render_preset is None or config.name == self.render_preset else config.replace(name=self.render_preset)
+        return render_config(self.render_preset)
+
+    def with_render(self, spec: Any) -> ModelMeta:
+        """This meta recording `spec` (preset name, JSON file, RenderConfig; None: unknown)."""
+        from vtcr.render import preset_name, render_config
+
+        config = render_config(spec)
+        if config is None:
+            return replace(self, render_preset=None, render_config=None)
+        return replace(self, render_preset=preset_name(config), render_config=config.to_dict())
 
 
 def read_meta(path: str | os.PathLike) -> ModelMeta:
@@ -58,11 +82,8 @@ def read_meta(path: str | os.PathLike) -> ModelMeta:
     return ModelMeta(arch=arch_of(path))
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+def write_meta(folder: str | os.PathLike, meta: ModelMeta) -> Path:
+    return write_json_atomic(Path(folder) / META_FILE, meta.to_dict())
 
 
 def _check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
@@ -88,7 +109,7 @@ def save_checkpoint(
     try:
         model.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
-        _write_text_atomic(tmp / META_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
+        write_meta(tmp, meta)
         # mkdtemp/mkstemp create owner-only entries; a checkpoint is meant to be shared.
         os.chmod(tmp, 0o755)
         for item in tmp.rglob("*"):
@@ -127,7 +148,7 @@ def init_model(
     tokenizer: str | os.PathLike,
     out_dir: str | os.PathLike,
     seed: int = 0,
-    render_preset: str = DEFAULT_RENDER_PRESET,
+    render: Any = DEFAULT_PRESET,
     *,
     device: str = "cpu",
     dtype: Any = None,
@@ -139,7 +160,8 @@ def init_model(
     vtcr.models.architectures). tokenizer: a local folder / tokenizer.json, or a hub id when
     online; the family's control tokens are added when missing and the config's token ids and
     vocabulary follow the tokenizer. Same (arch, size, tokenizer, seed, device, dtype) -> same
-    weights. dtype: fp32 for tiny/small and bf16 for 2b/8b unless given; device: where weights
+    weights. render: the render config recorded in vtcr.json (a preset name, a JSON file or a
+    RenderConfig; the pages this model is meant to read). dtype: fp32 for tiny/small and bf16 for 2b/8b unless given; device: where weights
     are initialised ("cuda" makes the 8b sizes fast).
     """
     fam = family(arch)
@@ -170,11 +192,27 @@ def init_model(
     model.eval()
 
     processor = make_processor(arch, tok)
-    meta = ModelMeta(
-        arch=fam.arch, size=size, render_preset=render_preset, created_by="vtcr init-model",
-        max_image_pixels=None, seed=seed,
-    )  # fmt: skip
+    meta = ModelMeta(arch=fam.arch, size=size, created_by="vtcr init-model", seed=seed).with_render(render)
     return save_checkpoint(model, processor, out_dir, meta, overwrite=overwrite)
+
+
+def resolve_model_path(path_or_id: str | os.PathLike) -> Path:
+    """A local checkpoint folder, or a hub id resolved through the local Hugging Face cache
+    (downloaded when online)."""
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        return path
+    text = str(path_or_id)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(text))
+        except Exception as exc:
+            raise FileNotFoundError(
+                f"model {text!r} is neither a local folder nor an available hub model ({exc})"
+            ) from None
+    raise FileNotFoundError(f"model folder {path} does not exist")
 
 
 def default_device() -> str:

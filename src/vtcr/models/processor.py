@@ -12,10 +12,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from vtcr._io import write_json_atomic
 
 from transformers import Glm4vProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor
 
@@ -35,14 +36,6 @@ def torchvision_available() -> bool:
     except Exception:
         return False
     return True
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, ensure_ascii=False)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 class _ImageOnly:
@@ -72,7 +65,7 @@ class _ImageOnly:
         if path.is_file():
             config = json.loads(path.read_text(encoding="utf-8"))
             config["processor_class"] = self.family.processor_class
-            _write_json_atomic(path, config)
+            write_json_atomic(path, config)
         return files
 
 

@@ -11,7 +11,6 @@ Backends (one interface, the same layout for `vtcr1`):
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from functools import lru_cache
@@ -21,9 +20,11 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from vtcr._io import page_file_name, write_bytes_atomic
+
 from .config import RenderConfig
 from .layout import LayoutEngine, is_blank
-from .presets import PRESETS, preset
+from .presets import DEFAULT_PRESET, PAPER_PRESET, PRESETS, preset, preset_name, render_config, resolve_render_config
 
 BACKENDS = ("fast", "reportlab", "reference")
 # Unicode blocks common in mathematical reasoning text, pre-drawn by Renderer.warm_up().
@@ -32,8 +33,9 @@ _WARM_UP_RANGES = ((0x21, 0x7F), (0xA1, 0x180), (0x370, 0x400), (0x2010, 0x2060)
 DEFAULT_BACKEND = "fast"
 
 __all__ = [
-    "BACKENDS", "DEFAULT_BACKEND", "PRESETS", "RenderConfig", "Renderer", "get_renderer", "iter_pages",
-    "png_bytes", "preset", "render_text", "save_pages", "save_png",
+    "BACKENDS", "DEFAULT_BACKEND", "DEFAULT_PRESET", "PAPER_PRESET", "PRESETS", "RenderConfig", "Renderer",
+    "get_renderer", "iter_pages", "png_bytes", "preset", "preset_name", "render_config", "render_text",
+    "resolve_render_config", "save_pages", "save_png",
 ]
 
 
@@ -43,7 +45,7 @@ class Renderer:
     def __init__(self, config: RenderConfig | None = None, backend: str = DEFAULT_BACKEND):
         if backend not in BACKENDS:
             raise ValueError(f"unknown render backend {backend!r}; choose one of {list(BACKENDS)}")
-        self.config = config or preset("dense")
+        self.config = config or preset(DEFAULT_PRESET)
         self.backend = backend
         self.config.resolved_font_path()  # fail early on a missing font
         if backend == "fast":
@@ -97,11 +99,11 @@ def get_renderer(config: RenderConfig | None = None, backend: str = DEFAULT_BACK
 
 
 def render_text(text: str, config: RenderConfig | None = None, backend: str = DEFAULT_BACKEND) -> list[Image.Image]:
-    return get_renderer(config or preset("dense"), backend).render(text)
+    return get_renderer(config or preset(DEFAULT_PRESET), backend).render(text)
 
 
 def iter_pages(text: str, config: RenderConfig | None = None, backend: str = DEFAULT_BACKEND) -> Iterator[Image.Image]:
-    return get_renderer(config or preset("dense"), backend).iter_pages(text)
+    return get_renderer(config or preset(DEFAULT_PRESET), backend).iter_pages(text)
 
 
 # ---- the reference's post-processing: horizontal scale and auto-crop -----------------------------
@@ -154,20 +156,11 @@ def png_bytes(img: Image.Image) -> bytes:
 
 def save_png(img: Image.Image, path: str | os.PathLike) -> Path:
     """Write a PNG atomically (a killed process never leaves a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(png_bytes(img))
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(path, png_bytes(img))
 
 
-def save_pages(pages: Iterable[Image.Image], out_dir: str | os.PathLike) -> list[Path]:
-    """`out_dir/page_001.png`, `page_002.png`, ... (the reference's names)."""
+def save_pages(pages: Iterable[Image.Image], out_dir: str | os.PathLike, round_index: int | None = None) -> list[Path]:
+    """`out_dir/page_001.png`, ... (the reference's names); with `round_index`, the pages of one
+    reasoning round: `round_01_page_001.png`, ... (`vtcr._io.page_file_name`)."""
     out = Path(out_dir)
-    return [save_png(img, out / f"page_{i:03d}.png") for i, img in enumerate(pages, start=1)]
-
-
-def content_hash(img: Image.Image) -> str:
-    """sha256 of the deterministic PNG bytes: a content address for a page image."""
-    return hashlib.sha256(png_bytes(img)).hexdigest()
+    return [save_png(img, out / page_file_name(i, round_index)) for i, img in enumerate(pages, start=1)]

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vtcr._io import write_text_atomic
+
 FONTS_DIR = Path(__file__).resolve().parent / "fonts"
 BUNDLED_FONTS = {"DejaVuSans": FONTS_DIR / "DejaVuSans.ttf"}
 DEFAULT_FONT = "DejaVuSans"
@@ -120,7 +122,7 @@ class RenderConfig:
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
         if path is not None:
-            _atomic_write_text(Path(path), text)
+            write_text_atomic(path, text)
         return text
 
     @classmethod
@@ -240,9 +242,3 @@ def _validate(cfg: RenderConfig) -> None:
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

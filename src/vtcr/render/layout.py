@@ -286,7 +286,7 @@ class LayoutEngine:
             yield broken
 
     def _reportlab_lines(self, parts: list[str], cjk: bool) -> list[BrokenLine]:
-        from .pdf import paragraph_for_lines  # reportlab's breaker is only needed on this rare path
+        from .paragraph import paragraph_for_lines  # reportlab's breaker is only needed on this rare path
 
         cfg = self.cfg
         para = paragraph_for_lines(parts, cfg, self.font.name, cjk)

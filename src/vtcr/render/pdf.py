@@ -23,48 +23,13 @@ from PIL import Image
 from .config import RenderConfig
 from .fonts import load_font
 from .layout import LINES_PER_PARAGRAPH, is_blank, prepare_text
-
-_ALIGN = {"LEFT": 0, "CENTER": 1, "RIGHT": 2, "JUSTIFY": 4}  # reportlab.lib.enums TA_* values
-
-
-def paragraph_style(cfg: RenderConfig, font_name: str, cjk: bool):
-    from reportlab.lib import colors
-    from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
-
-    return ParagraphStyle(
-        name="vtcr",
-        parent=getSampleStyleSheet()["Normal"],
-        fontName=font_name,
-        fontSize=cfg.font_size,
-        leading=cfg.leading,
-        textColor=colors.HexColor(cfg.font_color),
-        backColor=colors.HexColor(cfg.para_bg_color),
-        borderColor=colors.HexColor(cfg.para_border_color),
-        borderWidth=cfg.border_width,
-        borderPadding=cfg.border_padding,
-        firstLineIndent=cfg.first_line_indent,
-        wordWrap="CJK" if cjk else None,
-        leftIndent=cfg.left_indent,
-        rightIndent=cfg.right_indent,
-        alignment=_ALIGN[cfg.alignment],
-        spaceBefore=cfg.space_before,
-        spaceAfter=cfg.space_after,
-        shaping=0,  # never depend on whether uharfbuzz happens to be installed
-    )
+from .paragraph import paragraph_style
 
 
 def _markup_lines(text: str) -> list[str]:
     escaped = escape(prepare_text(text))
     escaped = re.sub(r" {2,}", lambda m: "&nbsp;" * len(m.group()), escaped)
     return escaped.split("\n")
-
-
-def paragraph_for_lines(parts: list[str], cfg: RenderConfig, font_name: str, cjk: bool):
-    """One reference Paragraph for already-split source lines (no-break spaces already substituted)."""
-    from reportlab.platypus import Paragraph
-
-    markup = [escape(p).replace("\xa0", "&nbsp;") for p in parts]
-    return Paragraph(cfg.newline_markup.join(markup), paragraph_style(cfg, font_name, cjk))
 
 
 def build_pdf(text: str, cfg: RenderConfig) -> bytes:

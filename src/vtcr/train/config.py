@@ -30,7 +30,8 @@ class TrainConfig:
     processor and vtcr.json so inference uses the same (None: the starting checkpoint's vtcr.json
     cap, else the processor's own maximum -- full pages). cutoff_len: most tokens per sample (see
     `vtcr.train.data` for the truncation rule). max_steps: optimizer steps (overrides epochs).
-    render_preset: the preset recorded in the checkpoint (None: the data build's).
+    render_preset / render_config: the pages recorded in the checkpoint's vtcr.json, a preset name or
+    a Glyph/VTC-R1 JSON file (neither: the data build's render config).
     dtype: weights during training; "auto" is fp32 weights (bf16 autocast on CUDA) for full
     fine-tuning, and a bf16 frozen base on CUDA with LoRA.
     """
@@ -60,6 +61,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     deepspeed: str | None = None
     render_preset: str | None = None
+    render_config: str | None = None
     save_steps: int = 500
     save_total_limit: int | None = 2
     logging_steps: int = 1
@@ -86,6 +88,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.render_preset is not None and self.render_config is not None:
+            raise ValueError("give render_preset or render_config, not both")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -47,8 +47,11 @@ class BuildInfo:
         return self.settings["system_prompt"]
 
     @property
-    def preset(self) -> str:
-        return str(self.settings.get("preset", "dense"))
+    def render_config(self):
+        """The RenderConfig the build's pages were rendered with (None for an old build.json without it)."""
+        from vtcr.render import render_config
+
+        return render_config(self.settings.get("render"))
 
     @property
     def dataset_name(self) -> str:

@@ -37,12 +37,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vtcr._io import write_text_atomic
+from vtcr.models.checkpoint import META_FILE, write_meta
+
 from .data import iter_problems, read_build
 
 YAML_FILE = "vtcr_sft.yaml"
 DATASET_INFO_FILE = "dataset_info.json"
 DEEPSPEED_FILE = "ds_z3_config.json"
-META_FILE = "vtcr.json"
 MODEL_OVERLAY = "model"
 
 TEMPLATES = {"qwen3-vl": "qwen3_vl_nothink", "qwen2.5-vl": "qwen2_vl", "glm-4.1v": "glm4v"}
@@ -93,12 +95,6 @@ class LlamaFactoryExport:
         return asdict(self)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _q(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid YAML scalar, whatever it contains
 
@@ -139,7 +135,7 @@ def write_model_overlay(model_path: Path, target: Path, budget: dict[str, int]) 
                     data["image_processor"] = capped_processor_dict(data["image_processor"], budget)
             else:
                 data = capped_processor_dict(data, budget)
-            _write_atomic(dest, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            write_text_atomic(dest, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         elif entry.name != META_FILE:
             dest.symlink_to(entry.resolve())
     return target
@@ -219,6 +215,7 @@ def export_llamafactory(
     grad_accum: int = 8,
     output_dir: str | None = None,
     render_preset: str | None = None,
+    render_config: str | None = None,
     overwrite: bool = False,
 ) -> LlamaFactoryExport:
     """Write a LLaMA-Factory config for training `model` on the build `data` into `out`.
@@ -227,13 +224,13 @@ def export_llamafactory(
     processor's own maximum). output_dir: where LLaMA-Factory saves (default OUT/saves).
     Raises FileNotFoundError / ValueError naming the bad input.
     """
-    from vtcr.engine.transformers_backend import resolve_model_path
+    from vtcr.models import resolve_model_path
     from vtcr.models.checkpoint import ModelMeta, read_meta
     from vtcr.models.processor import arch_of_processor, image_size_budget, load_processor
 
     from .config import TrainConfig
     from .data import missing_images
-    from .trainer import resolve_render_preset
+    from .trainer import recorded_render_config
 
     for name, value in (("cutoff_len", cutoff_len), ("batch_size", batch_size), ("grad_accum", grad_accum)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -246,8 +243,9 @@ def export_llamafactory(
     cap = max_image_pixels if max_image_pixels is not None else meta.max_image_pixels
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
         raise ValueError(f"max_image_pixels must be a positive int, got {cap!r}")
-    settings_check = TrainConfig(data=str(build.path), model=str(model_path), out=str(out), render_preset=render_preset)
-    preset_name = resolve_render_preset(settings_check, build, meta.render_preset)
+    settings_check = TrainConfig(data=str(build.path), model=str(model_path), out=str(out), render_preset=render_preset,
+                                 render_config=render_config)  # fmt: skip
+    render = recorded_render_config(settings_check, build, meta)
 
     records = list(iter_problems(build))
     if not records:
@@ -294,15 +292,14 @@ def export_llamafactory(
     info_path = out_dir / DATASET_INFO_FILE
     meta_path = out_dir / META_FILE
     yaml_path = out_dir / YAML_FILE
-    _write_atomic(ds_path, json.dumps(DEEPSPEED_Z3, indent=2) + "\n")
+    write_text_atomic(ds_path, json.dumps(DEEPSPEED_Z3, indent=2) + "\n")
     entry = dataset_info(build.dataset_name, file_name=str(build.path / "vtcr_sft.json"))
-    _write_atomic(info_path, json.dumps(entry, indent=2) + "\n")
+    write_text_atomic(info_path, json.dumps(entry, indent=2) + "\n")
     trained_meta = ModelMeta(
-        arch=arch, size=meta.size, render_preset=preset_name, created_by="vtcr export-llamafactory",
-        max_image_pixels=cap,
-    )  # fmt: skip
-    _write_atomic(meta_path, json.dumps(trained_meta.to_dict(), indent=2) + "\n")
-    _write_atomic(
+        arch=arch, size=meta.size, created_by="vtcr export-llamafactory", max_image_pixels=cap,
+    ).with_render(render)  # fmt: skip
+    write_meta(out_dir, trained_meta)
+    write_text_atomic(
         yaml_path,
         _yaml(
             model=model_name, image_max_pixels=image_max, image_min_pixels=image_min, dataset=build.dataset_name,

@@ -4,7 +4,7 @@ The output folder is a normal vtcr checkpoint (it loads in `vtcr reason` / the e
 plus what the run leaves behind:
 
     OUT/config.json, model*.safetensors, tokenizer*, processor_config.json, chat_template.jinja
-    OUT/vtcr.json            arch, render_preset of the data, max_image_pixels used in training
+    OUT/vtcr.json            arch, the render config of the data's pages, max_image_pixels used in training
     OUT/train_config.json    the TrainConfig (written first: a rerun with it resumes)
     OUT/train_log.json       data plan (truncation counts), loss history, s/step, peak memory
     OUT/loss.png             the loss curve
@@ -27,11 +27,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from vtcr._io import atomic_open, write_text_atomic
 
 from .config import CONFIG_FILE, TrainConfig
 from .data import IGNORE_INDEX, BuildInfo, Collator, EncodedDataset, SampleEncoder, load_samples, read_build
@@ -54,15 +55,6 @@ class TrainResult:
 
 
 # --- output folder -------------------------------------------------------------------------------
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def last_checkpoint(checkpoints: Path) -> Path | None:
@@ -122,25 +114,17 @@ def normalized(config: TrainConfig) -> TrainConfig:
 # --- model ---------------------------------------------------------------------------------------
 
 
-def resolve_render_preset(config: TrainConfig, build: BuildInfo, fallback: str) -> str:
-    """The render preset the checkpoint records: --render-preset, else the data build's preset."""
-    from vtcr.render import PRESETS, preset
+def recorded_render_config(config: TrainConfig, build: BuildInfo, start: Any):
+    """The render config the trained checkpoint records: --render-preset / --render-config, else the
+    pages of the data build; for `standard` (no pages are trained on), the starting model's."""
+    from vtcr.render import render_config
 
-    if config.render_preset:
-        preset(config.render_preset)  # ValueError naming the known presets
-        return config.render_preset
-    if build.preset in PRESETS:
-        return build.preset
-    render = build.settings.get("render")
-    for name, cfg in PRESETS.items():
-        if cfg.to_dict() == render:
-            return name
+    given = render_config(config.render_config or config.render_preset)
+    if given is not None:
+        return given
     if config.mode == "standard":
-        return fallback  # no images are trained on: the preset only matters to vtc inference
-    raise ValueError(
-        f"the data was rendered with {build.preset!r}, which is not a named render preset; the engine renders "
-        "optical memory by preset name, so pass --render-preset NAME (one of " + ", ".join(PRESETS) + ")"
-    )
+        return start.render()
+    return build.render_config
 
 
 def lora_target_regex(model: Any) -> str:
@@ -294,10 +278,9 @@ def plot_loss(history: list[dict[str, Any]], path: Path, title: str) -> Path | N
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -313,7 +296,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
     """
     config = normalized(config)
     build = read_build(config.data)  # cheap checks first: no torch import yet
-    from vtcr.engine.transformers_backend import resolve_model_path
+    from vtcr.models import resolve_model_path
     from vtcr.models.checkpoint import ModelMeta, read_meta
     from vtcr.models.processor import load_processor
 
@@ -323,7 +306,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
     processor = load_processor(model_path)  # FileNotFoundError (no processor) / ValueError (unsupported arch)
     start_meta = read_meta(model_path)
     cap = config.max_image_pixels if config.max_image_pixels is not None else start_meta.max_image_pixels
-    render_preset = resolve_render_preset(config, build, start_meta.render_preset)
+    render = recorded_render_config(config, build, start_meta)
     samples = load_samples(build, config.mode)  # FileNotFoundError naming missing images
     encoder = SampleEncoder(processor, config.cutoff_len, cap)
     plan = encoder.plan(samples, progress=config.progress)
@@ -372,7 +355,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
         resume = prepare_out_dir(config, overwrite and args.process_index == 0)
         if args.process_index == 0:
             out.mkdir(parents=True, exist_ok=True)
-            _write_text_atomic(out / CONFIG_FILE, config.to_json())
+            write_text_atomic(out / CONFIG_FILE, config.to_json())
     # Weights: fp32 for full fine-tuning (bf16 autocast on CUDA keeps fp32 master weights); a
     # frozen bf16 base is enough under LoRA.
     if config.dtype != "auto":
@@ -405,9 +388,8 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
     train_seconds = time.perf_counter() - started
 
     meta = ModelMeta(
-        arch=start_meta.arch, size=start_meta.size, render_preset=render_preset, created_by="vtcr train",
-        max_image_pixels=cap, seed=config.seed,
-    )  # fmt: skip
+        arch=start_meta.arch, size=start_meta.size, created_by="vtcr train", max_image_pixels=cap, seed=config.seed,
+    ).with_render(render)  # fmt: skip
     _save_final(trainer, processor, meta, config, model_path, cap)  # every process: sharded weights are gathered
     log: dict[str, Any] = {}
     if trainer.args.should_save:
@@ -417,7 +399,8 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
             "config": config.to_dict(),
             "model": str(model_path),
             "mode": config.mode,
-            "render_preset": render_preset,
+            "render_preset": meta.render_preset,
+            "render_config": meta.render_config,
             "max_image_pixels": cap,
             "resumed_from": resume.name if resume else None,
             "global_step": int(trainer.state.global_step),
@@ -434,7 +417,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
             ],
         }
         plot_loss(history, out / PLOT_FILE, f"vtcr train ({config.mode}) {Path(config.model).name}")
-        _write_text_atomic(out / LOG_FILE, json.dumps(log, indent=2) + "\n")
+        write_text_atomic(out / LOG_FILE, json.dumps(log, indent=2) + "\n")
     return TrainResult(out_dir=out, global_step=int(trainer.state.global_step),
                        resumed_from=resume.name if resume else None, log=log)  # fmt: skip
 
@@ -457,7 +440,7 @@ def _save_final(trainer: Any, processor: Any, meta: Any, config: TrainConfig, mo
 
     Called by every process (gathering sharded weights needs them all); only the main one writes.
     """
-    from vtcr.models.checkpoint import META_FILE, save_checkpoint
+    from vtcr.models.checkpoint import save_checkpoint, write_meta
     from vtcr.models.processor import image_size_budget
 
     out = Path(config.out)
@@ -491,7 +474,7 @@ def _save_final(trainer: Any, processor: Any, meta: Any, config: TrainConfig, mo
             trainer.save_model(str(final))  # gathers the shards; written by the main process
             if main:
                 processor.save_pretrained(str(final))
-                _write_text_atomic(final / META_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
+                write_meta(final, meta)
         elif main:
             model = trainer.accelerator.unwrap_model(trainer.model).to(save_dtype).eval()
             save_checkpoint(model, processor, final, meta)

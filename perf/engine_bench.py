@@ -1,6 +1,6 @@
 """Engine benchmark: where a round's time goes, and what prefix KV reuse saves.
 
-    python -m benchmarks.engine_bench [--model DIR | --arch qwen3-vl --size tiny] [--device cpu]
+    python -m perf.engine_bench [--model DIR | --arch qwen3-vl --size tiny] [--device cpu]
         [--problems 4] [--rounds 3] [--round-tokens 128] [--render-workers 2] [--json out.json]
 
 Runs `reason_many` (mode vtc) on the first N MATH-500 problems twice with the same seeds: with the
@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from vtcr._io import find_shared_data
 from vtcr.engine import EngineConfig, GenerationRequest, TransformersBackend, reason_many, round_messages
 from vtcr.evaluate.benchmarks import load_benchmark
 from vtcr.models import init_model, load_model
@@ -74,11 +75,11 @@ def summarise(records, wall: float) -> dict:
     }
 
 
-def prefill_sweep(backends: dict, question: str, texts: list[str], preset_name: str) -> list[dict]:
+def prefill_sweep(backends: dict, question: str, texts: list[str], render_config) -> list[dict]:
     """Prompt processing of round k (all earlier rounds' pages) with and without the prefix cache."""
-    from vtcr.render import Renderer, preset
+    from vtcr.render import Renderer
 
-    renderer = Renderer(preset(preset_name)).warm_up()
+    renderer = Renderer(render_config).warm_up()
     config = EngineConfig()
     warm = renderer.render(texts[0])  # first use of the vision tower at page sizes: not timed
     backends[False].next_token_logits(GenerationRequest(round_messages(config, question, warm), max_new_tokens=1))
@@ -105,7 +106,7 @@ def prefill_sweep(backends: dict, question: str, texts: list[str], preset_name: 
 
 
 def reasoning_texts(data: str | None, rounds: int, chars: int) -> list[str]:
-    root = Path(data) if data else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    root = Path(data) if data else find_shared_data()
     with gzip.open(root / "traces" / "sky_t1_traces.jsonl.gz", "rt", encoding="utf-8") as fh:
         thinking = "\n\n".join(t["think"] for t in map(json.loads, fh) if t["think"] and not t["likely_truncated"])
     if len(thinking) < rounds * chars:
@@ -139,7 +140,7 @@ def main() -> None:
     questions = [p.question for p in problems]
     config = EngineConfig(mode="vtc", max_rounds=args.rounds, round_tokens=args.round_tokens, seed=0)
     backends = {
-        reuse: TransformersBackend(model, processor, name=str(path), render_preset=meta.render_preset,
+        reuse: TransformersBackend(model, processor, name=str(path), render_config=meta.render(),
                                    max_image_pixels=meta.max_image_pixels, prefix_cache=reuse)
         for reuse in (True, False)
     }
@@ -156,7 +157,7 @@ def main() -> None:
     same = sum(a == b for a, b in pairs)
     results["identical_rounds"] = [same, len(pairs)]
     texts = reasoning_texts(args.data, args.prefill_rounds, args.round_chars)
-    results["prefill_sweep"] = prefill_sweep(backends, questions[0], texts, meta.render_preset)
+    results["prefill_sweep"] = prefill_sweep(backends, questions[0], texts, meta.render())
     results["setup"] = {
         "model": str(path), "arch": meta.arch, "size": meta.size, "device": args.device, "problems": len(questions),
         "rounds": args.rounds, "round_tokens": args.round_tokens, "render_workers": args.render_workers,

@@ -1,6 +1,6 @@
 """Render benchmark on the shared traces: speed of each backend and compression of each preset.
 
-    python -m benchmarks.render_bench [--data ../shared/data] [--speed-texts 40] [--json out.json]
+    python -m perf.render_bench [--data ../shared/data] [--speed-texts 40] [--json out.json]
 
 Speed: every backend renders the same finished traces, interleaved text by text (so machine noise
 hits all backends alike), each timed from text to in-memory images: wall time, and CPU time of this
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from vtcr._io import find_shared_data
 from vtcr.cost import resolve_tokenizer
 from vtcr.render import PRESETS, Renderer
 from vtcr.render.pdf import have_pdftoppm
@@ -84,11 +85,12 @@ def measure_compression(texts: list[str], tokenizer) -> dict[str, dict[str, floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=None, help="shared data folder (default: $VTCR_DATA or ../shared/data)")
     parser.add_argument("--speed-texts", type=int, default=40, help="finished traces timed per preset")
     parser.add_argument("--tokenizer", default=None, help="default: the bundled Qwen3 tokenizer")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
+    args.data = args.data or find_shared_data()
 
     texts = load_finished_reasoning(args.data)
     backends = ["fast", "reportlab"] + (["reference"] if have_pdftoppm() else [])

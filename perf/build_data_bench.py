@@ -1,7 +1,7 @@
 """`vtcr build-data` benchmark on the shared traces: throughput per worker count, memory over a 10x
 longer input, and the compression of the built set per preset and vision family.
 
-    python -m benchmarks.build_data_bench [--data ../shared/data] [--segment-tokens 512] [--json out.json]
+    python -m perf.build_data_bench [--data ../shared/data] [--segment-tokens 512] [--json out.json]
 
 Input ("1x"): the finished, correct, R1-shaped shared traces (field `r1_style`, gold `gt_answer`).
 "10x": every row ten times; copies get their own id and a copy tag at the start of the reasoning, so
@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from vtcr._io import find_shared_data
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +71,7 @@ def run_build(source: Path, out: Path, args, preset: str, workers: int) -> dict:
     """One build in a child process: its report plus wall time and the child's peak RSS (MiB)."""
     shutil.rmtree(out, ignore_errors=True)
     code = (
-        "import sys; from benchmarks.build_data_bench import _child; "
+        "import sys; from perf.build_data_bench import _child; "
         f"_child({str(source)!r}, {str(out)!r}, {args.segment_tokens}, {args.tokenizer!r}, {preset!r}, {workers})"
     )
     env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'src'}", "HF_HUB_OFFLINE": "1"}
@@ -117,7 +119,7 @@ def machine_parallel_speedup(n: int = 10_000_000) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=PROJECT_ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=None, help="shared data folder (default: $VTCR_DATA or ../shared/data)")
     parser.add_argument("--segment-tokens", type=int, default=512)
     parser.add_argument("--tokenizer", default="builtin:qwen3")
     parser.add_argument("--repeat", type=int, default=10, help="size of the long input, in copies of the traces")
@@ -126,6 +128,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="only the 1x builds (no memory comparison)")
     parser.add_argument("--speed-runs", type=int, default=3, help="alternating 1x runs per worker count (best kept)")
     args = parser.parse_args()
+    args.data = args.data or find_shared_data()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vtcr_build_bench_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ Both are reported against the harness verdict as is ("raw") and against the verd
 hand-checked harness errors of HARNESS_ERRORS corrected ("adjudicated"); docs/grading.md explains
 each class. Every disagreement is classified and printed with ids (math answers only, never GPQA).
 
-    python -m benchmarks.grader_agreement                 # all 1,052 traces, both modes
-    python -m benchmarks.grader_agreement --every 4 --no-trace --json out.json
+    python -m perf.grader_agreement                 # all 1,052 traces, both modes
+    python -m perf.grader_agreement --every 4 --no-trace --json out.json
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from vtcr._io import find_shared_data
 from vtcr.evaluate.benchmarks import get_benchmark, load_benchmark
-from vtcr.grade import Grader, GradeConfig, _number
+from vtcr.grade import Grader, GradeConfig
+from vtcr.grade.equivalence import _number
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TRACES = PROJECT_ROOT.parent / "shared" / "data" / "traces" / "sky_t1_traces.jsonl.gz"
 
 _P = "skyt1/Sky-T1-math-correct-5K-27B/"
 # Records whose harness verdict is wrong, checked by hand (truth, class). Only unambiguous cases:
@@ -81,7 +82,8 @@ class ModeReport:
         }
 
 
-def load_traces(path: str | Path = DEFAULT_TRACES) -> list[dict]:
+def load_traces(path: str | Path | None = None) -> list[dict]:
+    path = path or find_shared_data() / "traces" / "sky_t1_traces.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         return [json.loads(line) for line in fh]
 
@@ -171,7 +173,7 @@ def print_report(report: ModeReport) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--traces", default=str(DEFAULT_TRACES), help="sky_t1_traces.jsonl.gz")
+    ap.add_argument("--traces", default=None, help="sky_t1_traces.jsonl.gz (default: traces/ of $VTCR_DATA or ../shared/data)")
     ap.add_argument("--benchmarks", default=None, help="benchmarks folder (for the corrupted-gold check)")
     ap.add_argument("--every", type=int, default=1, help="use every k-th record (a quick slice)")
     ap.add_argument("--no-trace", action="store_true", help="only grade the harness preds")

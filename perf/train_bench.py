@@ -1,6 +1,6 @@
 """Training benchmark: seconds per optimizer step and peak memory of `vtcr train`, per model size.
 
-    python -m benchmarks.train_bench [--arch qwen3-vl] [--sizes tiny small] [--steps 6]
+    python -m perf.train_bench [--arch qwen3-vl] [--sizes tiny small] [--steps 6]
         [--problems 4] [--segment-tokens 1024] [--cutoff-len 4096] [--batch-size 1] [--grad-accum 1]
         [--lora] [--json out.json]
 
@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vtcr._io import find_shared_data
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,7 +40,7 @@ def tokenizer_files() -> Path:
 def build_set(root: Path, problems: int, segment_tokens: int) -> Path:
     from vtcr.data import BuildConfig, SourceConfig, build_dataset
 
-    traces = ROOT.parent / "shared" / "data" / "traces" / "sky_t1_traces.jsonl.gz"
+    traces = find_shared_data() / "traces" / "sky_t1_traces.jsonl.gz"
     rows = []
     with gzip.open(traces, "rt", encoding="utf-8") as fh:
         for line in fh:
