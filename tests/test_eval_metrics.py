@@ -40,7 +40,7 @@ def _row(mode, pid, sample, correct, latency, batch, wall, size, rounds):
         "latency_s": latency, "batch_id": batch, "batch_wall_s": wall, "batch_size": size, "finished": correct,
         "error": None, "grade_reason": "exact" if correct else "mismatch",
         "rounds": [{"generated_tokens": g, "vision_tokens": v, "prefill_tokens": 10, "generate_s": 0.5,
-                    "render_s": 0.25} for g, v in rounds],
+                    "render_s": 0.25, "prompt_tokens": 20 + v} for g, v in rounds],
     }  # fmt: skip
 
 
@@ -61,6 +61,9 @@ def test_summarise_groups_speedups_and_token_means():
     assert std["generated_tokens"] == 200 and vtc["generated_tokens"] == (100 + 180) / 2
     assert vtc["vision_tokens"] == (494 + 988) / 2  # the largest prompt memory of each run
     assert vtc["rounds"] == 2.5 and std["rounds"] == 1
+    # peak context: the largest round's prompt (20 text + its vision tokens) + generated tokens
+    assert std["peak_context_tokens"] == (120 + 320) / 2 and std["peak_context_tokens_max"] == 320
+    assert vtc["peak_context_tokens"] == ((20 + 494 + 50) + (20 + 988 + 60)) / 2 and vtc["peak_context_tokens_max"] == 1068
     assert vtc["compute_s"] == pytest.approx((2 * 0.75 + 3 * 0.75) / 2)
     assert std["latency_s"] == 5.0 and vtc["latency_s"] == 2.0
     assert std["amortised_latency_s"] == 5.0 and vtc["amortised_latency_s"] == 1.5

@@ -11,7 +11,9 @@ Pure functions over plain dicts, so that a summary can be recomputed from `resul
 * speed-up of each mode over `standard` (standard latency / mode latency) when both ran.
 
 Per run: `generated_tokens` sums its rounds; `vision_tokens` is the largest image-token count of any
-round's prompt, i.e. the optical memory the run ended up holding; `prefill_tokens` sums its rounds.
+round's prompt, i.e. the optical memory the run ended up holding; `prefill_tokens` sums its rounds;
+`peak_context_tokens` is the largest round's context, its prompt plus the tokens it generated (the KV
+cache the round ends with: what bounds memory, and what optical memory keeps small).
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ def run_vision_tokens(row: Mapping[str, Any]) -> int:
 
 def run_prefill_tokens(row: Mapping[str, Any]) -> int:
     return sum(int(r.get("prefill_tokens") or 0) for r in row.get("rounds") or [])
+
+
+def run_peak_context_tokens(row: Mapping[str, Any]) -> int:
+    return max(
+        (int(r.get("prompt_tokens") or 0) + int(r.get("generated_tokens") or 0) for r in row.get("rounds") or []),
+        default=0,
+    )
 
 
 def run_compute_s(row: Mapping[str, Any]) -> float:
@@ -99,6 +108,8 @@ def group_metrics(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         "generated_tokens": _mean([run_generated_tokens(r) for r in rows]),
         "vision_tokens": _mean([run_vision_tokens(r) for r in rows]),
         "prefill_tokens": _mean([run_prefill_tokens(r) for r in rows]),
+        "peak_context_tokens": _mean([run_peak_context_tokens(r) for r in rows]),
+        "peak_context_tokens_max": max((run_peak_context_tokens(r) for r in rows), default=None),
         "rounds": _mean([run_rounds(r) for r in rows]),
         "finished_rate": _mean([float(bool(r.get("finished"))) for r in rows]),
         "errors": sum(1 for r in rows if r.get("error")),

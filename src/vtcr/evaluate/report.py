@@ -73,6 +73,7 @@ _COLUMNS = (
     ("pass@K %", "pass_at_k", "pct"),
     ("gen. tokens", "generated_tokens", "int"),
     ("vision tokens", "vision_tokens", "int"),
+    ("peak context", "peak_context_tokens", "int"),
     ("rounds", "rounds", "num"),
     ("finished %", "finished_rate", "pct"),
     ("latency/problem s", "latency_s", "s"),
@@ -121,7 +122,8 @@ def render_report(summary: dict[str, Any], rows: list[dict[str, Any]], plots: li
         "",
         "avg@K: mean accuracy over the K samples of a problem, averaged over problems; pass@K: a problem "
         "counts when any sample is right. Tokens and rounds are means per run; vision tokens: the largest "
-        "image-token count of a round's prompt (the optical memory a run ended with). Latency/problem: a "
+        "image-token count of a round's prompt (the optical memory a run ended with); peak context: the "
+        "largest round's prompt + generated tokens. Latency/problem: a "
         "run's wall time from its first request to its answer, rendering included; amortised: batch wall "
         f"time / runs in the batch. Speed-up: `{BASELINE_MODE}` latency / mode latency.",
     ]

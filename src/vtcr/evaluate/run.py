@@ -44,6 +44,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Iterator
 
 from vtcr._io import write_text_atomic
@@ -243,13 +244,19 @@ def run_eval(
 ) -> dict[str, Any]:
     """Run (or continue) an evaluation into `out_dir`; returns the summary (also DIR/summary.json).
 
-    backend: a ready `vtcr.engine` backend (else built from the config: `model` in-process on
+    backend: a ready `vtcr.engine` backend, or a mapping mode -> backend (e.g. a model trained on whole
+    traces for `standard` and an optical-memory model for the other modes; every mode of the config
+    needs one), else built from the config: `model` in-process on
     `device`/`dtype`, or `server` with `concurrency` requests in flight). data_root: the
     benchmarks folder (default: see `vtcr.evaluate.benchmarks.benchmarks_root`). report: write
     summary.json, report.md, plots and index.html at the end.
     """
     from tqdm.auto import tqdm
 
+    if isinstance(backend, Mapping):
+        missing = [m for m in config.modes if m not in backend]
+        if missing:
+            raise ValueError(f"no backend given for mode(s) {', '.join(missing)}")
     if backend is None and config.model is None and config.server is None:
         raise ValueError("no model: give --model PATH, or --server URL with --served-model NAME")
     problems = load_problems(config, data_root)  # before touching DIR: bad data fails fast
@@ -284,7 +291,8 @@ def run_eval(
                                 n_batches += 1
                                 batch_id = f"b{n_batches:05d}"
                                 wall = _run_batch(
-                                    chunk, config, backend, out, results, grader, batch_id, render_workers,
+                                    chunk, config, backend[mode] if isinstance(backend, Mapping) else backend, out,
+                                    results, grader, batch_id, render_workers,
                                     on_row=lambda _row: bar.update(1),
                                 )  # fmt: skip
                                 batches.write({"batch_id": batch_id, "benchmark": name, "mode": mode,
