@@ -402,3 +402,34 @@ def test_rapidocr_reads_real_pages(slices):
     assert engine.describe().startswith("rapidocr ")
     res = measure_config("dense", preset("dense"), slices[:1], [300], PageReader(engine, None))
     assert res.score.pages >= 1 and res.score.char_accuracy > 0.9, res.score
+
+
+def test_config_round_trips_and_gives_the_cli_its_defaults():
+    import argparse
+
+    from vtcr.commands import bench_fidelity
+
+    cfg = FidelityConfig(traces="t.jsonl", presets=("dense",), configs=("a.json",), limit=5, search=True,
+                         search_params=("margin", "dpi"))
+    assert FidelityConfig.from_json(cfg.to_json()) == cfg
+    parser = argparse.ArgumentParser()
+    bench_fidelity.register(parser.add_subparsers())
+    args = parser.parse_args(["fidelity", "--traces", "t.jsonl"])
+    defaults = FidelityConfig()
+    for name in ("presets", "configs", "ocr", "upscale", "limit", "max_chars", "text_fields", "workers", "tokenizer",
+                 "search_margin", "search_family", "search_texts", "search_chars", "search_trials", "search_confirm",
+                 "search_params"):
+        assert getattr(args, name) == getattr(defaults, name), name
+    with pytest.raises(ValueError, match="unknown search parameter"):
+        FidelityConfig(search_params=("colour",))
+    with pytest.raises(ValueError, match="search_margin"):
+        FidelityConfig(search_margin=5)
+
+
+def test_cli_without_tesseract_says_which_package(tmp_path, shared_data):
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src"), "PATH": str(Path(sys.executable).parent)}
+    proc = subprocess.run([sys.executable, "-m", "vtcr.cli", "bench", "fidelity", "--traces",
+                           str(shared_data / "traces" / "sky_t1_traces.jsonl.gz"), "--limit", "1",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    assert "tesseract-ocr tesseract-ocr-eng" in proc.stderr and "Traceback" not in proc.stderr

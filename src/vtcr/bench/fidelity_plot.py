@@ -52,6 +52,9 @@ def plot_frontier(report: dict[str, Any], trials: Sequence[Any], path: Path, fam
         if ref is not None and margin is not None:
             ax.axhline(100 * (ref - margin), color="#C44E52", lw=0.8, ls=":",
                        label=f"vtcr1 - {100 * margin:g} point(s) (all texts)")
+        xs_all = [p[0] for p in pts] + [t.compression for t in trials]
+        if xs_all:  # room on the right for the labels
+            ax.set_xlim(min(0.0, min(xs_all)), max(xs_all) * 1.25)
         ax.set_xlabel(f"compression, {family} (text tokens / vision tokens)")
         ax.set_ylabel("OCR character accuracy (%)")
         ax.set_title("Compression vs OCR fidelity of rendered pages")

@@ -32,9 +32,10 @@ from typing import Any, Callable
 
 from vtcr.render import RenderConfig
 
-# Font families tried besides the bundled DejaVu Sans, where matplotlib's font manager finds them
-# (regular weight and style). Fonts outside the package make a config that needs the same file.
-DEFAULT_FONT_FAMILIES = ("DejaVu Sans Condensed", "Liberation Sans Narrow", "Liberation Sans", "DejaVu Serif")
+# Fonts tried: the bundled ones (DejaVu Sans, DejaVu Sans Condensed), then these families where
+# matplotlib's font manager finds them on this machine (regular weight and style). A config with a
+# font from outside the package needs the same font file wherever it is used.
+DEFAULT_FONT_FAMILIES = ("Liberation Sans Narrow", "Liberation Sans", "DejaVu Serif")
 NEWLINE_MARKER = "\u21b5"
 
 
@@ -49,7 +50,7 @@ class SearchSpace:
     horizontal_scale: tuple[float, ...] = (0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
     newline_markup: tuple[str, ...] = (f" {NEWLINE_MARKER} ", NEWLINE_MARKER, "<br/>")
     page_size: tuple[tuple[float, float], ...] = ((595.0, 842.0), (612.0, 792.0), (842.0, 1191.0))
-    fonts: tuple[str | None, ...] = (None,)  # None: the bundled DejaVu Sans; else font file paths
+    fonts: tuple[str | None, ...] = (None,)  # None: the bundled DejaVu Sans; else bundled names or font files
 
     FREE = ("margin", "page_size", "newline_markup")
     LOSSY = ("font_size", "leading_gap", "dpi", "horizontal_scale", "fonts")
@@ -67,16 +68,21 @@ def check_params(params: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def available_fonts(families: tuple[str, ...] = DEFAULT_FONT_FAMILIES) -> tuple[str | None, ...]:
-    """The bundled font (None) plus the regular face of each family matplotlib's font manager knows
-    on this machine, in the given order (absent families are skipped)."""
+    """The bundled fonts (None: the default DejaVu Sans; then the others by their bundled name), plus
+    the regular face of each family matplotlib's font manager knows on this machine, in the given
+    order (absent families are skipped)."""
     from matplotlib import font_manager
 
-    found: list[str | None] = [None]
+    from vtcr.render.config import BUNDLED_FONTS, DEFAULT_FONT
+
+    found: list[str | None] = [None] + [name for name in BUNDLED_FONTS if name != DEFAULT_FONT]
+    bundled_files = {path.name for path in BUNDLED_FONTS.values()}
     entries = sorted(font_manager.fontManager.ttflist, key=lambda f: f.fname)
     for family in families:
         for entry in entries:
-            if (entry.name == family and entry.style == "normal" and entry.weight in (380, 400, "normal")
-                    and Path(entry.fname).suffix.lower() in (".ttf", ".otf") and entry.fname not in found):
+            if (entry.name == family and entry.style == "normal" and entry.weight in (400, "normal")
+                    and Path(entry.fname).suffix.lower() in (".ttf", ".otf") and entry.fname not in found
+                    and Path(entry.fname).name not in bundled_files):
                 found.append(entry.fname)
                 break
     return tuple(found)

@@ -96,18 +96,19 @@ def _pct(x) -> str:
 def format_report(report: dict, family: str) -> str:
     any_cfg = next(iter(report["configs"].values()))
     families = list(any_cfg["compression"])
+    w = max(10, *(len(n) + 2 for n in report["configs"]))
     lines = [f"OCR: {any_cfg['ocr']}",
-             f"{'config':<10}{'pages':>6}" + "".join(f"{f:>12}" for f in families)
+             f"{'config':<{w}}{'pages':>6}" + "".join(f"{f:>12}" for f in families)
              + f"{'char %':>8}{'word %':>8}{'digit %':>9}{'oper %':>8}{'OCR s':>8}"]
     for name, c in report["configs"].items():
         comp = "".join("n/a".rjust(12) if c["compression"][f] is None else f"{c['compression'][f]:>11.2f}x"
                        for f in families)
-        lines.append(f"{name:<10}{c['pages']:>6}{comp}{_pct(c['char_accuracy']):>8}{_pct(c['word_accuracy']):>8}"
+        lines.append(f"{name:<{w}}{c['pages']:>6}{comp}{_pct(c['char_accuracy']):>8}{_pct(c['word_accuracy']):>8}"
                      f"{_pct(c['digit_accuracy']):>9}{_pct(c['operator_accuracy']):>8}{c['ocr_seconds']:>8.1f}")
         if c.get("note"):
-            lines.append(f"{'':<10}{c['note']}")
+            lines.append(f"{'':<{w}}{c['note']}")
         if c["unreadable_pages"]:
-            lines.append(f"{'':<10}{c['unreadable_pages']} page(s) the OCR read no text from (scored 0)")
+            lines.append(f"{'':<{w}}{c['unreadable_pages']} page(s) the OCR read no text from (scored 0)")
     s = report.get("search")
     if s:
         verdict = "within" if s["within_margin"] else "NOT within"
