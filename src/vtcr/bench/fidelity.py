@@ -26,7 +26,6 @@ import dataclasses
 import gzip
 import hashlib
 import json
-import math
 import os
 import time
 from collections import deque
