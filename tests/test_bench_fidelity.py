@@ -19,10 +19,24 @@ import pytest
 
 pytest.importorskip("rapidfuzz", reason="rapidfuzz not installed (pip install -e '.[ocr]')")
 
-from vtcr.bench.fidelity import FidelityConfig, PageReader, cut_text, load_texts, measure_config, run_fidelity
+from vtcr.bench.fidelity import (
+    FidelityConfig,
+    PageReader,
+    cut_text,
+    load_texts,
+    measure_config,
+    run_fidelity,
+)
 from vtcr.bench.ocr import OcrEngineMissing, RapidOcr, TesseractOcr, make_engine
 from vtcr.bench.render_search import SearchSpace, search_render_config
-from vtcr.bench.text_metrics import MARK, PageScore, marked_reference, normalise, score_page, set_aside_markers
+from vtcr.bench.text_metrics import (
+    MARK,
+    PageScore,
+    marked_reference,
+    normalise,
+    score_page,
+    set_aside_markers,
+)
 from vtcr.render import RenderConfig, Renderer, preset
 from vtcr.render.layout import LINES_PER_PARAGRAPH, LayoutEngine, prepare_text
 
@@ -347,15 +361,15 @@ def test_cli_json_shape(cli_run):
 
 def test_searched_config_renders_everywhere(cli_run, finished_traces, tmp_path):
     """The written config loads with RenderConfig.from_json, renders with `vtcr render --config`,
-    is accepted by build-data's --preset, and by the engine as its render preset."""
-    from vtcr.data.build import resolve_render_config
+    resolves as every stage resolves a render config (build-data --config, the engine's render_config)."""
     from vtcr.engine import EngineConfig, GenerationResult, reason
+    from vtcr.render import render_config
 
     tmp, report = cli_run
     path = tmp / "out" / "search" / "searched_config.json"
     cfg = RenderConfig.from_json(path)
     assert cfg.to_dict() == report["search"]["config"]
-    assert resolve_render_config(str(path)).to_dict() == cfg.to_dict()
+    assert render_config(str(path)).to_dict() == cfg.to_dict()
     text = cut_text(finished_traces[0]["think"] or finished_traces[0]["trace"], 1500)
     src = tmp_path / "t.txt"
     src.write_text(text, encoding="utf-8")
@@ -380,7 +394,7 @@ def test_searched_config_renders_everywhere(cli_run, finished_traces, tmp_path):
         def release(self, prefix_key):
             pass
 
-    record = reason("What is 1 + 2?", TwoRounds(), EngineConfig(render_preset=str(path), max_rounds=3))
+    record = reason("What is 1 + 2?", TwoRounds(), EngineConfig(render_config=str(path), max_rounds=3))
     assert record.finished and record.answer == "3"
     assert record.rounds[0].pages == len(Renderer(cfg).render(text))
 

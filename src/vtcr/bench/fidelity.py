@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from vtcr.render import RenderConfig, content_hash, get_renderer, preset
+from vtcr._io import write_text_atomic
+from vtcr.render import RenderConfig, get_renderer, png_bytes, preset
 from vtcr.render.layout import LayoutEngine, parse_newline_markup
 from vtcr.tokens import (
     BUILTIN_TOKENIZER,
@@ -47,7 +48,14 @@ from vtcr.tokens import (
 )
 
 from .ocr import OcrEngine, make_engine
-from .render_search import SEARCH_PARAMS, SearchSpace, Trial, available_fonts, check_params, search_render_config
+from .render_search import (
+    SEARCH_PARAMS,
+    SearchSpace,
+    Trial,
+    available_fonts,
+    check_params,
+    search_render_config,
+)
 from .text_metrics import PageScore, marked_reference, score_page
 
 RESULT_FILE = "fidelity.json"
@@ -191,7 +199,7 @@ class PageReader:
         self.cache_dir = None if cache_dir is None else Path(cache_dir) / f"{engine.name}-{key}"
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.cache_dir / "engine.txt", engine.describe() + "\n")
+            write_text_atomic(self.cache_dir / "engine.txt", engine.describe() + "\n")
 
     def _read_one(self, image, digest: str) -> tuple[str, float]:
         path = None if self.cache_dir is None else self.cache_dir / f"{digest[:40]}.json"
@@ -205,7 +213,7 @@ class PageReader:
         text = self.engine.read(image)
         seconds = time.perf_counter() - start
         if path is not None:
-            _write_atomic(path, json.dumps({"text": text, "seconds": round(seconds, 4)}, ensure_ascii=False))
+            write_text_atomic(path, json.dumps({"text": text, "seconds": round(seconds, 4)}, ensure_ascii=False))
         return text, seconds
 
     def read_all(self, items: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, str, float]]:
@@ -213,7 +221,7 @@ class PageReader:
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             window: deque = deque()
             for tag, image in items:
-                window.append((tag, pool.submit(self._read_one, image, content_hash(image))))
+                window.append((tag, pool.submit(self._read_one, image, page_digest(image))))
                 if len(window) >= 2 * self.workers:
                     tag0, fut = window.popleft()
                     yield (tag0, *fut.result())
@@ -222,11 +230,9 @@ class PageReader:
                 yield (tag0, *fut.result())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(text)}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def page_digest(image) -> str:
+    """sha256 of the page's deterministic PNG bytes: the cache key of its reading."""
+    return hashlib.sha256(png_bytes(image)).hexdigest()
 
 
 # ---- measuring one config ------------------------------------------------------------------------
@@ -346,7 +352,7 @@ def run_fidelity(config: FidelityConfig, out_dir: str | os.PathLike, progress: b
     report["configs"] = {name: res.to_json(describe) for name, res in results.items()}
     if search_report is not None:
         report["search"] = search_report
-    _write_atomic(out / RESULT_FILE, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out / RESULT_FILE, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     if config.plot:
         from .fidelity_plot import plot_frontier
 
@@ -393,7 +399,7 @@ def _search(config: FidelityConfig, configs: dict[str, RenderConfig], texts: lis
 
     def on_trial(trial: Trial) -> None:
         log.append(json.dumps(trial.to_json(), ensure_ascii=False))
-        _write_atomic(trials_path, "\n".join(log) + "\n")
+        write_text_atomic(trials_path, "\n".join(log) + "\n")
         if progress:
             print(f"  search trial {trial.index:>3} {trial.phase:<5} {trial.param or '-':<16} "
                   f"{family} {trial.compression:6.2f}x  char acc {100 * (trial.accuracy or 0):6.2f}%"
@@ -402,7 +408,7 @@ def _search(config: FidelityConfig, configs: dict[str, RenderConfig], texts: lis
     space = SearchSpace(fonts=available_fonts() if "fonts" in config.search_params else (None,))
     found = search_render_config(start, threshold, compression, accuracy, space, config.search_trials, on_trial,
                                  config.search_params)
-    _write_atomic(trials_path, "\n".join(json.dumps(t.to_json(), ensure_ascii=False) for t in found.trials) + "\n")
+    write_text_atomic(trials_path, "\n".join(json.dumps(t.to_json(), ensure_ascii=False) for t in found.trials) + "\n")
 
     # confirm on all texts: the result, else step back along the path
     ref_full = results.get(REFERENCE_PRESET) or measure_config(REFERENCE_PRESET, reference_cfg, texts, tokens, reader, progress)

@@ -8,7 +8,9 @@ import json
 
 from vtcr.bench.fidelity import FidelityConfig
 
-_D = FidelityConfig()
+from ._common import shown
+
+_D = FidelityConfig()  # every flag's default and the default shown in its help come from here
 
 EPILOG = """\
 examples:
@@ -33,15 +35,15 @@ def register(subparsers) -> None:
     p.add_argument("--traces", required=True, metavar="FILE",
                    help="JSONL(.gz) of traces (text from the first of --text-fields) or a .txt file")
     p.add_argument("--presets", type=_names, default=_D.presets, metavar="LIST",
-                   help=f"comma-separated render presets (default {','.join(_D.presets)})")
+                   help=f"comma-separated render presets (default {shown(_D.presets)})")
     p.add_argument("--configs", type=_names, default=_D.configs, metavar="FILES",
                    help="comma-separated Glyph/VTC-R1 render config JSON files")
     p.add_argument("--ocr", choices=("tesseract", "rapidocr"), default=_D.ocr, help=f"OCR engine (default {_D.ocr})")
-    p.add_argument("--upscale", type=float, default=_D.upscale, help=f"page upscale before OCR (default {_D.upscale:g})")
+    p.add_argument("--upscale", type=float, default=_D.upscale, help=f"page upscale before OCR (default {shown(_D.upscale)})")
     p.add_argument("--limit", type=int, default=_D.limit, help="first N texts (default: all)")
     p.add_argument("--max-chars", type=int, default=_D.max_chars, help="cut each text to about N characters")
     p.add_argument("--text-fields", type=_names, default=_D.text_fields, metavar="LIST",
-                   help=f"JSONL fields holding the text, first non-empty wins (default {','.join(_D.text_fields)})")
+                   help=f"JSONL fields holding the text, first non-empty wins (default {shown(_D.text_fields)})")
     p.add_argument("--include-truncated", action="store_true", default=_D.include_truncated,
                    help="also use rows with likely_truncated=true")
     p.add_argument("--workers", type=int, default=_D.workers, help=f"pages read in parallel (default {_D.workers})")
@@ -50,7 +52,7 @@ def register(subparsers) -> None:
     s.add_argument("--search", action="store_true", default=_D.search,
                    help="search for the densest config within --search-margin of vtcr1's accuracy")
     s.add_argument("--search-margin", type=float, default=_D.search_margin,
-                   help=f"accuracy the search may give up (default {_D.search_margin:g} = 1 point)")
+                   help=f"accuracy the search may give up (default {shown(_D.search_margin)} = 1 point)")
     s.add_argument("--search-family", default=_D.search_family, help=f"family whose compression is maximised "
                    f"(default {_D.search_family})")
     s.add_argument("--search-texts", type=int, default=_D.search_texts, help=f"sample texts (default {_D.search_texts})")
@@ -59,7 +61,7 @@ def register(subparsers) -> None:
     s.add_argument("--search-trials", type=int, default=_D.search_trials,
                    help=f"OCR evaluations at most (default {_D.search_trials})")
     s.add_argument("--search-params", type=_names, default=_D.search_params, metavar="LIST",
-                   help=f"render parameters to search (default all: {','.join(_D.search_params)})")
+                   help=f"render parameters to search (default all: {shown(_D.search_params)})")
     s.add_argument("--search-confirm", type=int, default=_D.search_confirm,
                    help=f"search-path configs confirmed on all texts at most (default {_D.search_confirm})")
     p.add_argument("--out", default="fidelity-out", help="output folder (default fidelity-out; rerun to resume)")
@@ -69,10 +71,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from vtcr.bench.fidelity import PLOT_FILE, RESULT_FILE, run_fidelity
-
-    config = FidelityConfig(
+def config_from_args(args: argparse.Namespace) -> FidelityConfig:
+    return FidelityConfig(
         traces=args.traces, presets=args.presets, configs=args.configs, ocr=args.ocr, upscale=args.upscale,
         limit=args.limit, max_chars=args.max_chars, text_fields=args.text_fields,
         include_truncated=args.include_truncated, workers=args.workers, tokenizer=args.tokenizer,
@@ -80,6 +80,12 @@ def run(args: argparse.Namespace) -> int:
         search_texts=args.search_texts, search_chars=args.search_chars, search_trials=args.search_trials,
         search_confirm=args.search_confirm, search_params=args.search_params, plot=not args.no_plot,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from vtcr.bench.fidelity import PLOT_FILE, RESULT_FILE, run_fidelity
+
+    config = config_from_args(args)
     report = run_fidelity(config, args.out, progress=not (args.no_progress or args.json))
     if args.json:
         print(json.dumps(report))
