@@ -20,7 +20,8 @@ it falls outside the margin there. Same inputs -> same trials in the same order 
 
 Every searched value stays within what the default `fast` backend renders (no space-before/after,
 no paragraph border; newline markup is `<br/>` or a plain inline marker), so the result loads with
-`RenderConfig.from_json` and renders with `vtcr render --config`, `vtcr build-data --preset FILE`.
+`RenderConfig.from_json` and renders with `vtcr render --config`, `vtcr build-data --config FILE` and the
+engine (`vtcr reason --render-config FILE`).
 """
 
 from __future__ import annotations
