@@ -18,6 +18,15 @@ if ! command -v pdftoppm >/dev/null 2>&1; then
   fi
 fi
 
+# System packages: Tesseract OCR with its English model (`vtcr bench fidelity` reads rendered pages back).
+if ! command -v tesseract >/dev/null 2>&1 || ! tesseract --list-langs 2>/dev/null | grep -qx eng; then
+  if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq && apt-get install -y -qq tesseract-ocr tesseract-ocr-eng >/dev/null
+  else
+    echo "install.sh: tesseract-ocr / tesseract-ocr-eng missing (optional: vtcr bench fidelity and its tests need them)" >&2
+  fi
+fi
+
 # Test-only: headless Chromium (Debian's `chromium`) loads the eval viewer (tests/test_eval_run.py).
 if [[ $want_test -eq 1 ]] && ! command -v chromium >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then

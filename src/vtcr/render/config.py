@@ -17,7 +17,9 @@ from typing import Any
 from vtcr._io import write_text_atomic
 
 FONTS_DIR = Path(__file__).resolve().parent / "fonts"
-BUNDLED_FONTS = {"DejaVuSans": FONTS_DIR / "DejaVuSans.ttf"}
+BUNDLED_FONTS = {"DejaVuSans": FONTS_DIR / "DejaVuSans.ttf",
+                 # the same family's condensed face (Debian fonts-dejavu-extra 2.37): `vtcr bench fidelity --search`
+                 "DejaVuSansCondensed": FONTS_DIR / "DejaVuSansCondensed.ttf"}
 DEFAULT_FONT = "DejaVuSans"
 
 ALIGNMENTS = ("LEFT", "CENTER", "RIGHT", "JUSTIFY")
