@@ -8,14 +8,16 @@ made. What a doc shows is checked:
 - `# -> TEXT` or `# prints TEXT` after a command (or a python line): its output holds TEXT; `...`
   in TEXT matches anything, whitespace runs match any whitespace; several in a python block match
   in order;
-- an ```output block right after a block: its lines appear, in order, in the block's output.
+- an ```output block right after a block: its lines appear, in order, in the block's output;
+- a ```console block: `$ command` lines, each followed by lines of its output.
 
 Marks in the docs:
 - `# needs: NAME[, NAME]` on a command (or any line of a python block): not run here; the test
   skips it and says which and why (NEEDS lists the names);
 - `# synopsis` as the first line of a ```bash block, or a ```text block: usage lines with
   placeholders; only checked, with vtcr's own argparse, for a real verb and flags that exist on
-  it (and `--flag a|b|c` alternatives that are among the flag's choices).
+  it (and `--flag a|b|c` alternatives that are among the flag's choices). `vtcr VERB ...` code
+  spans in the prose are checked the same way.
 
 The folder of each document holds `trace.txt` (the reasoning of one real shared trace) and the
 commands see `$VTCR_DATA` (the shared data) and `HF_HUB_OFFLINE=1`. Commands that are one plain
@@ -44,11 +46,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DOCS = (PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "recipes").glob("*.md")))
 
 SHELL_LANGS = {"bash", "sh", "shell"}
+CONSOLE_LANGS = {"console", "shell-session"}  # `$ command` lines, each followed by the output it shows
 PYTHON_LANGS = {"python", "py"}
 SYNOPSIS_LANGS = {"text"}
 OUTPUT_LANGS = {"output"}
 # Fences that are not examples: diagrams and plain listings (no language), data formats.
-INERT_LANGS = {"", "json", "yaml", "jsonl", "markdown", "md", "html", "toml", "csv"}
+INERT_LANGS = {"", "json", "jsonl", "yaml", "toml", "ini", "csv", "markdown", "md", "html", "xml", "diff", "jinja"}
 NEEDS = {
     "gpu": "a CUDA GPU",
     "hub": "downloads from the Hugging Face hub",
@@ -187,6 +190,13 @@ def doc_steps(path: Path, root: Path = PROJECT_ROOT) -> list[Step]:
                     continue
                 expect = parse_expect(comment)
                 new.append(Step(name, line, "shell", code, b, parse_needs(comment), [expect] if expect else []))
+        elif fence.lang in CONSOLE_LANGS:
+            for k, raw in enumerate(fence.lines):
+                if raw.startswith("$ "):
+                    code, comment = split_comment(raw[2:])
+                    new.append(Step(name, fence.line + k, "shell", code.strip(), b, parse_needs(comment), []))
+                elif raw.strip() and new:
+                    new[-1].expect.append(raw.strip())
         elif fence.lang in PYTHON_LANGS:
             needs = tuple(n for line in fence.lines for n in parse_needs(split_comment(line)[1]))
             expect = [e for line in fence.lines if (e := parse_expect(_py_comment(line)))]
@@ -205,9 +215,22 @@ def doc_steps(path: Path, root: Path = PROJECT_ROOT) -> list[Step]:
         if new and after is not None and after.lang in OUTPUT_LANGS and _only_blank_between(path, fence, after):
             new[-1].output_block = [line for line in after.lines if line.strip()]
         steps += new
+    steps += inline_usages(path, name, blocks)
     for i, step in enumerate(steps):
         step.index = i
     return steps
+
+
+def inline_usages(path: Path, name: str, blocks: list[Fence]) -> list[Step]:
+    """`vtcr VERB ...` code spans in the prose, checked like synopsis lines."""
+    inside = {n for f in blocks for n in range(f.line - 1, f.end + 1)}
+    found = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if n in inside:
+            continue
+        for m in re.finditer(r"`(vtcr [a-z][^`]*)`", line):
+            found.append(Step(name, n, "synopsis", m.group(1), -1))
+    return found
 
 
 def _py_comment(line: str) -> str:
@@ -435,12 +458,14 @@ def test_reading_marks_expectations_and_blocks(tmp_path):
     doc.write_text(
         "```bash\nvtcr env   # -> vtcr ...\nmake demo  # needs: install, GPU\n```\n\n```output\nline one\n```\n"
         "```python\nprint(21)  # -> 21\n```\n```bash\n# synopsis\nvtcr render IN -o DIR \\\n  --json\n```\n"
-        "```rust\nfn main() {}\n```\n```bash\nvtcr x  # needs: moon\n```\n",
+        "```rust\nfn main() {}\n```\n```bash\nvtcr x  # needs: moon\n```\n"
+        "```console\n$ vtcr env\nvtcr ...\npackages:\n$ vtcr env --json  # needs: gpu\n```\n",
         encoding="utf-8",
     )
     steps = doc_steps(doc, root=tmp_path)
     assert [(s.kind, s.line) for s in steps] == [("shell", 2), ("shell", 3), ("python", 10), ("synopsis", 14),
-                                                 ("invalid", 18), ("invalid", 21)]  # fmt: skip
+                                                 ("invalid", 18), ("invalid", 21), ("shell", 24), ("shell", 27)]  # fmt: skip
+    assert steps[6].expect == ["vtcr ...", "packages:"] and steps[7].needs == ("gpu",) and steps[7].code == "vtcr env --json"
     assert steps[0].expect == ["vtcr ..."] and steps[1].needs == ("install", "gpu")
     assert steps[1].output_block == ["line one"] and steps[2].expect == ["21"]
     assert steps[3].code == "vtcr render IN -o DIR --json"
