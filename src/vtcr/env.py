@@ -99,7 +99,7 @@ def collect_torch() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "devices": [],
     }
-    if info["cuda_available"]:
+    if info["cuda_available"]:  # not exercised on this project's CPU-only machines (no GPU to test on)
         info["cudnn"] = torch.backends.cudnn.version()
         info["bf16_supported"] = bool(torch.cuda.is_bf16_supported())
         for index in range(torch.cuda.device_count()):
