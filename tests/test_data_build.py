@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -311,3 +312,11 @@ def test_a_failing_problem_becomes_a_counted_rejection(tmp_path, traces):
     record = process_problem(bad_render, problem)
     assert (record["kind"], record["index"], record["reason"]) == ("rejected", 7, "build_error")
     assert "font-size" in record["detail"]
+
+
+def test_the_progress_bar_shows_samples_and_samples_per_second(tmp_path, source, qwen3_tokenizer_dir, capsys):
+    report = build_dataset(make_config(source, qwen3_tokenizer_dir), tmp_path / "b", limit=3, progress=True, plots=False)
+    err = capsys.readouterr().err
+    final = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("build-data:")][-1]
+    assert "3/3" in final and f"samples={report.samples_this_run}" in final, final
+    assert re.search(r"samples/s=\d+\.\d", final), final

@@ -60,6 +60,18 @@ def eval_dir(tiny_model, shared_data, tmp_path_factory) -> Path:
     return out
 
 
+def test_the_bar_of_each_mode_shows_runs_done_and_the_share_correct(tiny_model, shared_data, tmp_path, capsys):
+    cfg = EvalConfig(benchmarks=("math500",), modes=("vtc", "no-memory"), limit=2, model=str(tiny_model),
+                     engine=EngineConfig(max_rounds=1, round_tokens=4))  # fmt: skip
+    summary = run_eval(cfg, tmp_path / "run", device="cpu", progress=True, report=False)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    for mode in cfg.modes:
+        group = next(g for g in summary["groups"] if g["mode"] == mode)
+        right = round(group["avg_at_k"] * 2)
+        final = [line for line in err.splitlines() if line.startswith(f"eval {mode}:")][-1]
+        assert "2/2" in final and f"correct {right}/2 ({100 * right / 2:.1f}%)" in final, final
+
+
 def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,7 @@ from vtcr.models.processor import image_size_budget  # noqa: E402
 from vtcr.tokens import vision_tokens  # noqa: E402
 from vtcr.train import TrainConfig, train  # noqa: E402
 from vtcr.train.data import IGNORE_INDEX, Collator, SampleEncoder, load_samples, read_build  # noqa: E402
+from vtcr.train.progress import STEP_LOG_FILE, trim_step_log  # noqa: E402
 from vtcr.train.trainer import last_checkpoint  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -156,6 +158,39 @@ def test_masked_loss_equals_transformers_loss(build_dir, tiny_qwen3):
 # --- training runs -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("progress", [True, False], ids=["bar", "no-progress"])
+def test_training_shows_one_bar_with_loss_and_lr_and_logs_steps_to_a_file(build_dir, tiny_qwen3, tmp_path, capsys, progress):
+    """No raw `{'loss': ...}` dict reaches the terminal, bar or not; every logging step is a line of train_log.jsonl."""
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(build_dir), "--model", str(tiny_qwen3), "--out", str(out), "--max-steps", "3",
+            "--grad-accum", "1", "--batch-size", "2", "--cutoff-len", "480", "--lr", "1e-3", "--warmup-ratio", "0"]  # fmt: skip
+    assert cli_main(argv + ([] if progress else ["--no-progress"])) == 0
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert "{'loss'" not in shown and "'grad_norm'" not in shown and "train_runtime" not in shown
+    assert "Writing model shards" not in shown  # transformers' own save bars are hidden while training
+    if progress:
+        assert re.search(r"train: 100%.*3/3.*loss=[0-9.]+, lr=", shown), shown[-2000:]
+    else:
+        assert "train:" not in shown and "it/s" not in shown
+    logged = [json.loads(line) for line in (out / STEP_LOG_FILE).read_text().splitlines()]
+    steps = [e for e in logged if "loss" in e]
+    assert [e["step"] for e in steps] == [1, 2, 3]
+    assert all({"loss", "grad_norm", "learning_rate", "epoch"} <= set(e) for e in steps)
+    assert logged[-1]["step"] == 3 and "train_loss" in logged[-1]  # the run's summary, last
+    history = json.loads((out / "train_log.json").read_text())["loss_history"]
+    assert [h["loss"] for h in history] == [e["loss"] for e in steps]
+
+
+def test_step_log_trim_keeps_whole_lines_up_to_the_resumed_step(tmp_path):
+    path = tmp_path / STEP_LOG_FILE
+    path.write_text("".join(json.dumps({"step": k, "loss": 1.0 / k}) + "\n" for k in range(1, 6)) + '{"step": 6, "lo')
+    trim_step_log(path, 3)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    trim_step_log(tmp_path / "absent.jsonl", 3)  # nothing to trim: no file is created
+    assert not (tmp_path / "absent.jsonl").exists()
+
+
 def test_training_lowers_the_loss_and_the_checkpoint_loads_in_the_engine(build_dir, tiny_qwen3, tmp_path):
     out = tmp_path / "run"
     result = train(config(build_dir, tiny_qwen3, out, max_steps=20, lr=3e-3))
@@ -254,6 +289,8 @@ def test_interrupted_run_resumes_from_its_checkpoint(build_dir, tiny_qwen3, tmp_
     assert result.resumed_from == ckpt.name and result.global_step == 6
     steps = [h["step"] for h in result.log["loss_history"]]
     assert steps == list(range(1, 7))  # the killed run's history is kept, then continued
+    logged = [json.loads(line) for line in (out / STEP_LOG_FILE).read_text().splitlines()]
+    assert [e["step"] for e in logged if "loss" in e] == list(range(1, 7))  # each step once, across the kill
     with pytest.raises(ValueError, match="finished"):
         train(TrainConfig.from_json(out / "train_config.json"))
 

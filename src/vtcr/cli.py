@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "serve",
     "bench",
     "demo",
+    "env",
 )
 
 
@@ -37,9 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def verb_parser(parser: argparse.ArgumentParser, verb: str | None) -> argparse.ArgumentParser:
+    """The parser of `verb` (the top-level one when there is none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and verb in action.choices:
+            return action.choices[verb]
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse like `parser.parse_args`, but an unknown flag after a verb is reported by that verb's
+    parser, with that verb's usage (`usage: vtcr reason ...`), not the top-level one."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        verb_parser(parser, getattr(args, "command", None)).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -130,6 +130,19 @@ def engine_config_from_args(args: argparse.Namespace, base: Any = None):
     return dataclasses.replace(base, **given)
 
 
+# ---- output listings ---------------------------------------------------------------------------
+
+
+def file_listing(paths: list, noun: str = "page") -> str:
+    """What was written, each name once: `DIR/page_001.png`, or `DIR/page_001.png … page_012.png (12 pages)`."""
+    if not paths:
+        return f"no {noun}s"
+    first, last = Path(paths[0]), Path(paths[-1])
+    if len(paths) == 1:
+        return str(first)
+    return f"{first} … {last.name} ({len(paths)} {noun}s)"
+
+
 # ---- text input --------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vtcr.engine.modes import MODES
 from vtcr.evaluate.config import EvalConfig
+from vtcr.evaluate.figures import format_figure
 from vtcr.evaluate.run import run_eval
 
 from ._common import add_engine_args, default_of, engine_config_from_args, param_default, shown
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )  # fmt: skip
     for g in summary["groups"]:
-        acc = "–" if g["avg_at_k"] is None else f"{100 * g['avg_at_k']:.1f}%"
+        acc = "–" if g["avg_at_k"] is None else f"{format_figure(g['avg_at_k'], 'pct')}%"  # report.md's rounding
         print(f"{g['benchmark']:<14} {g['mode']:<10} avg@{g['samples']} {acc:>6}  runs {g['runs']}")
     print(json.dumps({"out": args.out, "runs": summary["runs"], "complete": summary["complete"]}))
     return 0

@@ -10,6 +10,7 @@ from vtcr.grade import ANSWER_TYPES
 
 from ._common import add_engine_args, engine_config_from_args
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "reason",
@@ -81,5 +82,15 @@ def run(args: argparse.Namespace) -> int:
             "error": f"stopped by an error: {record.error}",
         }[record.stop_reason]
         print(f"=== {why}; {len(record.rounds)} round(s), {record.generated_tokens} tokens, {record.seconds:.2f} s")
-        print(f"answer: {record.answer if record.answer is not None else '(none)'}")
+        print(answer_line(record))
     return 1 if record.error else 0
+
+
+def answer_line(record) -> str:
+    """The last line of a run: its answer, or plainly that there is none. An unfinished run's
+    extraction from its partial text (the grader's fallback) is shown only as such, never as the answer."""
+    if record.finished and record.answer is not None:
+        return f"answer: {record.answer}"
+    if record.answer is None:
+        return "no final answer"
+    return f"no final answer (partial extraction from the unfinished text: {record.answer})"

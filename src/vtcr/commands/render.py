@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from ._common import add_render_config_args, read_text_input, render_config_from_args
+from ._common import add_render_config_args, file_listing, read_text_input, render_config_from_args
 
 
 def register(subparsers) -> None:
@@ -34,6 +34,6 @@ def run(args) -> int:
     elif not pages:
         print("no pages: the input text is empty (nothing to draw)", file=sys.stderr)
     else:
-        print(f"{len(pages)} page(s) in {seconds * 1000:.1f} ms -> {paths[0].parent}/page_001.png ... "
-              f"{paths[-1].name}  (preset {renderer.config.name}, backend {renderer.backend})")
+        print(f"rendered in {seconds * 1000:.1f} ms (preset {renderer.config.name}, backend {renderer.backend}) "
+              f"-> {file_listing(paths)}")
     return 0

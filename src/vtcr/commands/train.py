@@ -18,7 +18,8 @@ examples:
 
 Rerunning with the same flags resumes from the newest checkpoint in OUT/checkpoints. OUT is a normal
 checkpoint (vtcr reason --model OUT) that records the render config and the image-size cap it was
-trained with; train_log.json holds the loss history, s/step, peak memory and the truncation counts.
+trained with; train_log.json holds the loss history, s/step, peak memory and the truncation counts,
+train_log.jsonl every logged step (the bar shows only the latest loss and learning rate).
 """
 
 

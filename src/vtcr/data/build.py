@@ -396,7 +396,9 @@ def _run(config: BuildConfig, info, job: ProblemJob, settings: dict, workers: in
                 samples_new += len(record["turns"])
             if record["kind"] != "file_error":
                 bar.update(1)
-                bar.set_postfix(samples=samples_new, refresh=False)
+                elapsed = time.perf_counter() - started
+                rate = f"{samples_new / elapsed:.1f}" if elapsed > 0 else "-"
+                bar.set_postfix({"samples": samples_new, "samples/s": rate}, refresh=False)
 
     try:
         with log:

@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from vtcr.evaluate.figures import GROUP_COLUMNS, format_group
 from vtcr.evaluate.metrics import BASELINE_MODE, run_rounds
 from vtcr._io import atomic_open, write_text_atomic
 from vtcr.evaluate.results import is_protected, load_rows_with_batches, summarize_dir
@@ -50,45 +51,12 @@ def write_reports(out_dir: str | os.PathLike, expected_runs: int | None = None) 
 # ------------------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any, kind: str = "num") -> str:
-    if value is None:
-        return "–"
-    if kind == "pct":
-        return f"{100 * value:.1f}"
-    if kind == "int":
-        return f"{value:,.0f}"
-    if kind == "x":
-        return f"{value:.2f}x"
-    if kind == "s":
-        return f"{value:.3g}" if value < 10 else f"{value:.1f}"
-    return f"{value:.2f}"
-
-
-_COLUMNS = (
-    # header, summary key, format
-    ("mode", "mode", "str"),
-    ("problems", "problems", "int"),
-    ("K", "samples", "int"),
-    ("avg@K %", "avg_at_k", "pct"),
-    ("pass@K %", "pass_at_k", "pct"),
-    ("gen. tokens", "generated_tokens", "int"),
-    ("vision tokens", "vision_tokens", "int"),
-    ("peak context", "peak_context_tokens", "int"),
-    ("rounds", "rounds", "num"),
-    ("finished %", "finished_rate", "pct"),
-    ("latency/problem s", "latency_s", "s"),
-    ("amortised s", "amortised_latency_s", "s"),
-    ("speed-up", "speedup", "x"),
-    ("speed-up (amortised)", "speedup_amortised", "x"),
-    ("errors", "errors", "int"),
-)
-
-
 def _table(groups: list[dict[str, Any]]) -> list[str]:
-    lines = ["| " + " | ".join(h for h, _, _ in _COLUMNS) + " |", "|" + "|".join("---" for _ in _COLUMNS) + "|"]
+    """A markdown table, a row per group, its figures as `vtcr.evaluate.figures` writes them (the viewer too)."""
+    lines = ["| " + " | ".join(h for h, _, _ in GROUP_COLUMNS) + " |", "|" + "|".join("---" for _ in GROUP_COLUMNS) + "|"]
     for g in groups:
-        cells = [str(g[k]) if kind == "str" else _fmt(g.get(k), kind) for _, k, kind in _COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+        shown = format_group(g)
+        lines.append("| " + " | ".join(shown[k] for _, k, _ in GROUP_COLUMNS) + " |")
     return lines
 
 

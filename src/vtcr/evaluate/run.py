@@ -52,6 +52,7 @@ from vtcr.engine import iter_reason, open_backend
 from vtcr.engine.record import save_round_pages
 from vtcr.evaluate.benchmarks import Benchmark, Problem, get_benchmark, load_benchmark
 from vtcr.evaluate.config import EvalConfig
+from vtcr.evaluate.figures import format_figure
 from vtcr.evaluate.report import write_reports
 from vtcr.evaluate.results import (
     BATCHES_FILE, CONFIG_FILE, IMAGES_DIR, RESULTS_FILE, Key, is_protected, read_batches, read_config, read_rows,
@@ -227,6 +228,26 @@ def _run_batch(
     return time.perf_counter() - start
 
 
+class _Tally:
+    """The eval bar of one mode: runs done, and the accuracy of the runs graded so far on it."""
+
+    def __init__(self, bar: Any, done_rows: list[dict[str, Any]]) -> None:
+        self.bar = bar
+        self.runs = len(done_rows)
+        self.correct = sum(bool(r.get("correct")) for r in done_rows)
+        self._show()
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.runs += 1
+        self.correct += bool(row.get("correct"))
+        self.bar.update(1)
+        self._show()
+
+    def _show(self) -> None:
+        if self.runs:
+            self.bar.set_postfix_str(f"correct {self.correct}/{self.runs} ({format_figure(self.correct / self.runs, 'pct')}%)")
+
+
 def run_eval(
     config: EvalConfig,
     out_dir: str | os.PathLike,
@@ -283,7 +304,8 @@ def run_eval(
                     if not mode_todo:
                         continue
                     bar = tqdm(total=len(mode_units), initial=len(mode_units) - len(mode_todo), desc=f"eval {mode}",
-                               unit="problem", disable=not progress, dynamic_ncols=True)  # fmt: skip
+                               unit="run", disable=not progress, dynamic_ncols=True)  # fmt: skip
+                    tally = _Tally(bar, [r for r in rows if r.get("mode") == mode])
                     try:
                         for name in config.benchmarks:
                             bench_todo = [u for u in mode_todo if u.benchmark.name == name]
@@ -292,8 +314,7 @@ def run_eval(
                                 batch_id = f"b{n_batches:05d}"
                                 wall = _run_batch(
                                     chunk, config, backend[mode] if isinstance(backend, Mapping) else backend, out,
-                                    results, grader, batch_id, render_workers,
-                                    on_row=lambda _row: bar.update(1),
+                                    results, grader, batch_id, render_workers, on_row=tally.add,
                                 )  # fmt: skip
                                 batches.write({"batch_id": batch_id, "benchmark": name, "mode": mode,
                                                "size": len(chunk), "wall_s": round(wall, 6)})  # fmt: skip

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vtcr._io import write_text_atomic
+from vtcr.evaluate.figures import GROUP_COLUMNS, format_figure, format_group
 from vtcr.evaluate.results import is_protected
 
 VIEWER_FILE = "index.html"
@@ -33,10 +34,13 @@ WITHHELD = "[withheld: text of a protected benchmark (GPQA) is never shown]"
 
 
 def _round_view(rnd: dict[str, Any], protected: bool) -> dict[str, Any]:
+    # Figures arrive as the strings report.md would print (vtcr.evaluate.figures): the page never rounds.
     return {
         "text": None if protected else rnd.get("text", ""),
-        "gen": rnd.get("generated_tokens"), "vis": rnd.get("vision_tokens"), "pre": rnd.get("prefill_tokens"),
-        "img": rnd.get("images"), "pages": rnd.get("pages"), "gs": rnd.get("generate_s"), "rs": rnd.get("render_s"),
+        "gen": format_figure(rnd.get("generated_tokens"), "int"), "vis": format_figure(rnd.get("vision_tokens"), "int"),
+        "pre": format_figure(rnd.get("prefill_tokens"), "int"), "img": format_figure(rnd.get("images"), "int"),
+        "pages": format_figure(rnd.get("pages"), "int"), "gs": format_figure(rnd.get("generate_s"), "s"),
+        "rs": format_figure(rnd.get("render_s"), "s"),
         "fin": rnd.get("finish_reason"), "files": [] if protected else list(rnd.get("page_files") or []),
     }  # fmt: skip
 
@@ -50,9 +54,9 @@ def run_view(row: dict[str, Any]) -> dict[str, Any]:
         "correct": bool(row.get("correct")), "pred": row.get("pred"), "gold": row.get("gold"),
         "reason": row.get("grade_reason"), "finished": bool(row.get("finished")), "stop": row.get("stop_reason"),
         "error": (row.get("error") and "error (message withheld)") if protected else row.get("error"),
-        "latency": row.get("latency_s"), "protected": protected,
+        "latency": format_figure(row.get("latency_s"), "s"), "protected": protected,
         "question": None if protected else row.get("question"),
-        "tokens": sum(int(r.get("generated_tokens") or 0) for r in rounds),
+        "tokens": format_figure(sum(int(r.get("generated_tokens") or 0) for r in rounds), "int"),
         "rounds": [_round_view(r, protected) for r in rounds],
     }  # fmt: skip
 
@@ -66,7 +70,8 @@ def render_viewer(rows: list[dict[str, Any]], summary: dict[str, Any] | None = N
     """The page as a string."""
     data = {
         "runs": [run_view(r) for r in rows],
-        "groups": (summary or {}).get("groups", []),
+        "columns": [["benchmark", "benchmark"]] + [[header, key] for header, key, _ in GROUP_COLUMNS],
+        "groups": [{"benchmark": g["benchmark"], **format_group(g)} for g in (summary or {}).get("groups", [])],
         "withheld": WITHHELD,
     }
     return _TEMPLATE.replace("/*DATA*/null", _json_for_script(data))
@@ -150,11 +155,8 @@ pre{white-space:pre-wrap;word-break:break-word;background:#f5f5f5;padding:6px;ma
     if (cls) e.className = cls;
     return e;
   }
-  function num(v, digits) {
-    if (v === null || v === undefined) return "–";
-    return digits === undefined ? String(v) : Number(v).toFixed(digits);
-  }
-  function pct(v) { return v === null || v === undefined ? "–" : (100 * v).toFixed(1); }
+  // Figures come formatted (vtcr.evaluate.figures, the rule report.md uses): shown as given, never rounded here.
+  function num(v) { return v === null || v === undefined ? "–" : String(v); }
   function options(id, values) {
     var sel = document.getElementById(id);
     values.forEach(function (v) { var o = el("option", v); o.value = v; sel.appendChild(o); });
@@ -166,10 +168,7 @@ pre{white-space:pre-wrap;word-break:break-word;background:#f5f5f5;padding:6px;ma
   }
 
   function renderGroups() {
-    var cols = [["benchmark", "benchmark"], ["mode", "mode"], ["problems", "problems"], ["K", "samples"],
-      ["avg@K %", "avg_at_k", pct], ["pass@K %", "pass_at_k", pct], ["gen. tokens", "generated_tokens", 0],
-      ["vision tokens", "vision_tokens", 0], ["rounds", "rounds", 2], ["latency s", "latency_s", 3],
-      ["amortised s", "amortised_latency_s", 3], ["speed-up", "speedup", 2], ["errors", "errors"]];
+    var cols = DATA.columns;
     var head = el("tr");
     cols.forEach(function (c) { head.appendChild(el("th", c[0])); });
     document.querySelector("#groups thead").appendChild(head);
@@ -177,8 +176,7 @@ pre{white-space:pre-wrap;word-break:break-word;background:#f5f5f5;padding:6px;ma
     DATA.groups.forEach(function (g) {
       var tr = el("tr");
       cols.forEach(function (c) {
-        var v = g[c[1]];
-        tr.appendChild(el("td", typeof c[2] === "function" ? c[2](v) : num(v, c[2])));
+        tr.appendChild(el("td", num(g[c[1]])));
       });
       body.appendChild(tr);
     });
@@ -207,7 +205,7 @@ pre{white-space:pre-wrap;word-break:break-word;background:#f5f5f5;padding:6px;ma
       tr.setAttribute("data-run", String(i));
       [i, r.bench, r.mode, r.id, r.sample].forEach(function (v) { tr.appendChild(el("td", v)); });
       tr.appendChild(el("td", r.correct ? "✓" : "✗", r.correct ? "ok" : "bad"));
-      [r.pred, r.gold, r.rounds.length, r.tokens, num(r.latency, 2)].forEach(function (v) { tr.appendChild(el("td", v)); });
+      [r.pred, r.gold, r.rounds.length, r.tokens, num(r.latency)].forEach(function (v) { tr.appendChild(el("td", v)); });
       tr.addEventListener("click", function () { location.hash = "run=" + i; });
       tbody.appendChild(tr);
     });
@@ -238,7 +236,7 @@ pre{white-space:pre-wrap;word-break:break-word;background:#f5f5f5;padding:6px;ma
     meta.appendChild(el("h2", r.bench + " · " + r.id + " · sample " + r.sample + " · " + r.mode));
     meta.appendChild(el("div", (r.correct ? "correct" : "wrong") + " — pred: " + num(r.pred) + ", gold: " + num(r.gold) +
       " (" + r.reason + "); " + (r.finished ? "finished" : "not finished") + " (" + r.stop + "); latency " +
-      num(r.latency, 3) + " s", r.correct ? "ok" : "bad"));
+      num(r.latency) + " s", r.correct ? "ok" : "bad"));
     if (r.error) meta.appendChild(el("div", "error: " + r.error, "bad"));
     if (r.question !== null && r.question !== undefined) {
       meta.appendChild(el("h3", "Question"));
@@ -251,7 +249,7 @@ pre{white-space:pre-wrap;word-break:break-word;background:#f5f5f5;padding:6px;ma
       card.appendChild(el("h3", "Round " + (k + 1)));
       card.appendChild(el("div", "generated " + num(rd.gen) + " tokens · prompt vision tokens " + num(rd.vis) +
         " · prefill " + num(rd.pre) + " · images given " + num(rd.img) + " · pages rendered " + num(rd.pages) +
-        " · generate " + num(rd.gs, 3) + " s · render " + num(rd.rs, 3) + " s · " + num(rd.fin), "figs"));
+        " · generate " + num(rd.gs) + " s · render " + num(rd.rs) + " s · " + num(rd.fin), "figs"));
       card.appendChild(el("pre", rd.text === null ? DATA.withheld : rd.text, "text"));
       if (rd.files.length) {
         var pages = el("div", null, "pages");

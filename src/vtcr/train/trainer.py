@@ -7,6 +7,7 @@ plus what the run leaves behind:
     OUT/vtcr.json            arch, the render config of the data's pages, max_image_pixels used in training
     OUT/train_config.json    the TrainConfig (written first: a rerun with it resumes)
     OUT/train_log.json       data plan (truncation counts), loss history, s/step, peak memory
+    OUT/train_log.jsonl      every logging step's dict (loss, grad_norm, lr, epoch), appended as it comes
     OUT/loss.png             the loss curve
     OUT/checkpoints/         Trainer checkpoints (checkpoint-N); the newest complete one resumes
     OUT/adapter/             with LoRA: the peft adapter (PeftModel.from_pretrained(base, OUT/adapter))
@@ -28,6 +29,7 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from vtcr._io import atomic_open, write_text_atomic
 
 from .config import CONFIG_FILE, TrainConfig
 from .data import IGNORE_INDEX, BuildInfo, Collator, EncodedDataset, SampleEncoder, load_samples, read_build
+from .progress import STEP_LOG_FILE, make_progress_callback
 
 LOG_FILE = "train_log.json"
 PLOT_FILE = "loss.png"
@@ -234,6 +237,21 @@ def _make_timer_callback():
     return StepTimer()
 
 
+@contextmanager
+def _no_transformers_bars():
+    """Hide transformers' own bars (checkpoint "Writing model shards", ...) while training: the run
+    shows one bar, vtcr's. Restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def peak_memory() -> dict[str, Any]:
     """Peak memory of this process: CUDA allocator peak when on GPU, and the peak resident set."""
     import resource
@@ -318,7 +336,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
     out = Path(config.out)
 
     import torch
-    from transformers import AutoModelForImageTextToText, TrainingArguments
+    from transformers import AutoModelForImageTextToText, PrinterCallback, ProgressCallback, TrainingArguments
 
     cuda = torch.cuda.is_available()
     mixed = cuda and config.dtype in ("auto", "bf16") and torch.cuda.is_bf16_supported()
@@ -362,7 +380,8 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
         load_dtype = _dtype(config.dtype)
     else:
         load_dtype = torch.bfloat16 if (config.lora and mixed) else torch.float32
-    model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=load_dtype)
+    with nullcontext() if config.progress else _no_transformers_bars():  # --no-progress: no loading bar either
+        model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=load_dtype)
     frozen = freeze_vision(model) if config.freeze_vision else 0
     if config.lora:
         from peft import LoraConfig, get_peft_model
@@ -383,14 +402,18 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
     trainer = _make_trainer_class()(
         model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[timer, *callbacks]
     )
-    started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    train_seconds = time.perf_counter() - started
-
+    # vtcr's bar (loss and lr on it) and step log instead of transformers' bar / printed log dicts
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(make_progress_callback(out / STEP_LOG_FILE, show=config.progress))
     meta = ModelMeta(
         arch=start_meta.arch, size=start_meta.size, created_by="vtcr train", max_image_pixels=cap, seed=config.seed,
     ).with_render(render)  # fmt: skip
-    _save_final(trainer, processor, meta, config, model_path, cap)  # every process: sharded weights are gathered
+    with _no_transformers_bars():
+        started = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        train_seconds = time.perf_counter() - started
+        _save_final(trainer, processor, meta, config, model_path, cap)  # every process: sharded weights are gathered
     log: dict[str, Any] = {}
     if trainer.args.should_save:
         history = [h for h in trainer.state.log_history if "loss" in h]
