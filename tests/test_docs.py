@@ -28,6 +28,7 @@ installed entry point honouring PYTHONPATH. VTCR_DOCS_SUBPROCESS=1 runs every co
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gzip
 import io
@@ -58,6 +59,7 @@ NEEDS = {
     "vllm": "vLLM (not installable here)",
     "llamafactory": "LLaMA-Factory (llamafactory-cli)",
     "install": "installs system and Python packages (scripts/install.sh)",
+    "long": "a long measurement (tens of minutes or more on 2 cores): its figures are the ones the doc shows",
 }
 SEED_TRACE_CHARS = 12_000  # trace.txt: the first finished shared trace at least this long (several pages)
 
@@ -285,6 +287,13 @@ def check_synopsis(code: str) -> list[str]:
     sub = verb_parser(parser, verb)
     if sub is parser:
         return [f"unknown verb {verb!r}"]
+    # a verb with sub-verbs (`vtcr bench fidelity ...`): descend into the named one
+    while True:
+        nested = next((a for a in sub._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = re.match(r"\s+([a-z][\w-]*)", rest)
+        if nested is None or name is None or name.group(1) not in nested.choices:
+            break
+        sub, verb, rest = nested.choices[name.group(1)], f"{verb} {name.group(1)}", rest[name.end():]
     by_flag = {opt: a for a in sub._actions for opt in a.option_strings}
     problems = []
     for flag in re.findall(r"(?:(?<=\s)|(?<=[\[(|]))(--?[A-Za-z][\w-]*)", rest):
