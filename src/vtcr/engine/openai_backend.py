@@ -196,6 +196,9 @@ class OpenAIBackend:
     RenderConfig); None asks the server once (`vtcr serve` reports its model's in `GET
     /v1/models/{id}`; vLLM and SGLang report none, and the engine then warns and renders the paper's
     layout). concurrency: requests in flight at once (the engine reads it too, to size its pool).
+    prompt_opens: what the served chat template's generation prompt already writes of the model's
+    turn (``"<think>\n"`` for Qwen3-VL Thinking); None asks the server (`vtcr serve` reports it;
+    vLLM and SGLang do not, so give it for such a template there), else "".
     """
 
     def __init__(
@@ -214,6 +217,7 @@ class OpenAIBackend:
         max_image_pixels: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
         render_config: Any = None,
+        prompt_opens: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not model:
@@ -248,6 +252,7 @@ class OpenAIBackend:
 
         self._render_config = _as_render_config(render_config)
         self._asked_server = self._render_config is not None
+        self._prompt_opens = prompt_opens
         self._info_lock = threading.Lock()
         self._sleep = sleep
         self._slots = threading.BoundedSemaphore(self.concurrency)
@@ -272,6 +277,18 @@ class OpenAIBackend:
 
                     self._render_config = render_config(reported)
         return self._render_config
+
+    @property
+    def prompt_opens(self) -> str:
+        """What the served template's generation prompt opens (the engine reads it): the one given,
+        else what the server reports (asked once), else ""."""
+        with self._info_lock:
+            if self._prompt_opens is None:
+                info = self.model_info()
+                vtcr_info = info.get("vtcr") if isinstance(info, dict) else None
+                reported = vtcr_info.get("prompt_opens") if isinstance(vtcr_info, dict) else None
+                self._prompt_opens = reported if isinstance(reported, str) else ""
+        return self._prompt_opens
 
     def model_info(self) -> dict[str, Any] | None:
         """`GET /v1/models/{model}` (else the model's entry in `GET /v1/models`), or None when the
