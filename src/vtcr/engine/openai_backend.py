@@ -253,6 +253,7 @@ class OpenAIBackend:
         self._render_config = _as_render_config(render_config)
         self._asked_server = self._render_config is not None
         self._prompt_opens = prompt_opens
+        self._info_asked, self._info = False, None
         self._info_lock = threading.Lock()
         self._sleep = sleep
         self._slots = threading.BoundedSemaphore(self.concurrency)
@@ -269,7 +270,7 @@ class OpenAIBackend:
         with self._info_lock:
             if not self._asked_server:
                 self._asked_server = True
-                info = self.model_info()
+                info = self._server_info()
                 vtcr_info = info.get("vtcr") if isinstance(info, dict) else None
                 reported = vtcr_info.get("render_config") if isinstance(vtcr_info, dict) else None
                 if isinstance(reported, dict):
@@ -284,11 +285,17 @@ class OpenAIBackend:
         else what the server reports (asked once), else ""."""
         with self._info_lock:
             if self._prompt_opens is None:
-                info = self.model_info()
+                info = self._server_info()
                 vtcr_info = info.get("vtcr") if isinstance(info, dict) else None
                 reported = vtcr_info.get("prompt_opens") if isinstance(vtcr_info, dict) else None
                 self._prompt_opens = reported if isinstance(reported, str) else ""
         return self._prompt_opens
+
+    def _server_info(self) -> dict[str, Any] | None:
+        """`model_info()`, asked once for both render_config and prompt_opens (call with _info_lock held)."""
+        if not self._info_asked:
+            self._info_asked, self._info = True, self.model_info()
+        return self._info
 
     def model_info(self) -> dict[str, Any] | None:
         """`GET /v1/models/{model}` (else the model's entry in `GET /v1/models`), or None when the
