@@ -17,7 +17,7 @@ from vtcr.engine.modes import EngineConfig
 from vtcr.engine.server import ServerConfig
 from vtcr.evaluate.config import EvalConfig
 from vtcr.grade import GradeConfig
-from vtcr.models.checkpoint import init_model
+from vtcr.models.checkpoint import init_model, init_model_like
 from vtcr.train.config import TrainConfig
 from vtcr.train.llamafactory import export_llamafactory
 
@@ -121,3 +121,22 @@ def default_of_param(func, name):
     import inspect
 
     return inspect.signature(func).parameters[name].default
+
+
+def test_the_real_checkpoint_flags_default_to_the_library():
+    args = parse(["init-model", "--like", "folder", "--size", "tiny", "--tokenizer", "t", "--out", "o"])
+    assert args.like == "folder" and args.arch is None
+    assert args.chat_template is None is default_of_param(init_model_like, "chat_template")
+    for name in ("seed", "device", "render"):
+        assert default_of_param(init_model_like, name) == default_of_param(init_model, name), name
+    with pytest.raises(SystemExit):  # --arch or --like, never both, never neither
+        parse(["init-model", "--like", "f", "--arch", "qwen3-vl", "--size", "tiny", "--tokenizer", "t", "--out", "o"])
+    with pytest.raises(SystemExit):
+        parse(["init-model", "--size", "tiny", "--tokenizer", "t", "--out", "o"])
+    args = parse(["train", "--data", "d", "--model", "m", "--out", "o"])
+    assert args.inspect is None and args.json is False
+    args = parse(["train", "--data", "d", "--model", "m", "--out", "o", "--inspect", "2", "--json"])
+    assert (args.inspect, args.json) == (2, True)
+    assert train.config_from_args(args) == TrainConfig(data="d", model="m", out="o")  # inspecting changes no setting
+    args = parse(["inspect-model", "some/model"])
+    assert (args.model, args.json) == ("some/model", False)

@@ -151,8 +151,10 @@ def test_glm_adds_its_control_tokens_to_a_qwen_tokenizer(tiny_loaded):
     _, processor, _ = tiny_loaded["glm-4.1v"]
     qwen_len = 151669  # the real Qwen3 tokenizer: 151643 BPE tokens + 26 added tokens
     tok = processor.tokenizer
-    new = [t for t in family("glm-4.1v").special_tokens if tok.convert_tokens_to_ids(t) >= qwen_len]
-    assert set(new) == set(family("glm-4.1v").special_tokens) - {"<|endoftext|>"}
+    fam = family("glm-4.1v")
+    new = [t for t in (*fam.special_tokens, *fam.plain_tokens) if tok.convert_tokens_to_ids(t) >= qwen_len]
+    # Qwen3 already has <|endoftext|>, <think>, </think>; the box tokens are added as plain tokens.
+    assert set(new) == set(fam.special_tokens + fam.plain_tokens) - {"<|endoftext|>", "<think>", "</think>"}
     assert len(tok) == qwen_len + len(new)
 
 

@@ -157,7 +157,7 @@ def test_models_and_health(served):
     # the model's own entry, with the pages it was trained to read
     status, entry, _ = served.request("GET", f"/v1/models/{MODEL_NAME}")
     assert status == 200 and entry == data["data"][0]
-    assert entry["vtcr"] == {"render_preset": "vtcr1", "render_config": preset("vtcr1").to_dict()}
+    assert entry["vtcr"] == {"render_preset": "vtcr1", "render_config": preset("vtcr1").to_dict(), "prompt_opens": ""}
     status, error, _ = served.request("GET", "/v1/models/another-model")
     assert status == 404 and error["error"]["param"] == "model" and "another-model" in error["error"]["message"]
 

@@ -85,7 +85,8 @@ def test_samples_follow_the_build(build_dir):
 
 
 def test_encoding_matches_the_engine_prompt_and_supervises_only_the_answer(build_dir, tiny_qwen3):
-    """Prompt tokens == what the engine feeds for the same round; labels == the assistant turn + <|im_end|>."""
+    """Prompt tokens == what the engine feeds for the same round; labels == the assistant turn + <|im_end|>\n
+    (the Qwen template closes every assistant turn with <|im_end|>\n; LLaMA-Factory trains on the same)."""
     processor = load_processor(tiny_qwen3)
     encoder = SampleEncoder(processor, cutoff_len=100_000)
     backend = TransformersBackend.from_pretrained(tiny_qwen3, device="cpu")
@@ -97,7 +98,7 @@ def test_encoding_matches_the_engine_prompt_and_supervises_only_the_answer(build
     prep = backend._prepare(GenerationRequest(messages=round_messages(EngineConfig(), question, pages), max_new_tokens=1))
     assert enc["input_ids"][:n_prompt] == prep.ids
     target = processor.tokenizer.decode(enc["input_ids"][n_prompt:])
-    assert target == sample.messages[2]["content"][0]["text"] + "<|im_end|>"
+    assert target == sample.messages[2]["content"][0]["text"] + "<|im_end|>\n"
     assert enc["labels"][n_prompt:] == enc["input_ids"][n_prompt:]
 
 
@@ -302,7 +303,7 @@ def test_other_families_train_with_their_end_of_turn(build_dir, qwen3_tokenizer_
     sample = load_samples(read_build(build_dir))[0]
     enc = SampleEncoder(processor, cutoff_len=100_000).encode(sample)
     n_prompt = sum(1 for x in enc["labels"] if x == IGNORE_INDEX)
-    end = {"glm-4.1v": "<|endoftext|>", "qwen2.5-vl": "<|im_end|>"}[arch]
+    end = {"glm-4.1v": "<|endoftext|>", "qwen2.5-vl": "<|im_end|>\n"}[arch]
     assert processor.tokenizer.decode(enc["input_ids"][n_prompt:]) == sample.messages[2]["content"][0]["text"] + end
     out = tmp_path / "run"
     result = train(config(build_dir, model, out, max_steps=1, batch_size=1, cutoff_len=300))

@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "compress",
     "build_data",
     "init_model",
+    "inspect_model",
     "train",
     "export_llamafactory",
     "reason",

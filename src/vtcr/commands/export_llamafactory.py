@@ -17,8 +17,9 @@ def register(subparsers) -> None:
         description=(
             f"Write OUT/vtcr_sft.yaml (full SFT of the language model, vision frozen, lr {shown(D['lr'])}, cosine, "
             f"warm-up 0.1, {shown(D['epochs'])} epoch, cutoff {D['cutoff_len']}, bf16, DeepSpeed ZeRO-3), "
-            "OUT/dataset_info.json, OUT/ds_z3_config.json and "
-            "OUT/vtcr.json. Training images keep the size inference uses (the paper shrank them to 262,144 pixels)."
+            "OUT/vtcr_sft.json (the samples, absolute image paths), OUT/dataset_info.json, OUT/ds_z3_config.json and "
+            "OUT/vtcr.json. Training images keep the size inference uses (the paper shrank them to 262,144 pixels). "
+            "The LLaMA-Factory template is the one whose prompt matches the model's chat template (checked)."
         ),
     )
     p.add_argument("--data", required=True, metavar="DIR", help="a `vtcr build-data` output folder")
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )  # fmt: skip
     print(f"wrote {result.yaml}")
-    print(f"  template {result.template}, dataset {result.dataset} ({result.samples} samples, {result.pages} pages)")
+    print(f"  template {result.template}, dataset {result.dataset} ({result.samples} samples, {result.pages} pages) "
+          f"in {result.dataset_file}")
     cap = result.max_image_pixels
     print(f"  image_max_pixels {result.image_max_pixels} (pages reach the processor untouched); inference cap "
           f"{cap if cap is not None else 'none (full pages)'}")

@@ -14,6 +14,7 @@ examples:
   vtcr train --data vtcr_data --model Qwen/Qwen3-VL-8B-Instruct --out vtcr-qwen3vl      # the paper's recipe
   vtcr train --data vtcr_data --model ckpt --out run --lora --lr 1e-4 --epochs 2
   vtcr train --data vtcr_data --model ckpt --out baseline --mode standard                # unsegmented traces
+  vtcr train --data vtcr_data --model ckpt --out run --inspect 2                          # prompts and loss spans only
   accelerate launch -m vtcr.cli train ...   /   torchrun --nproc-per-node 8 -m vtcr.cli train ... --deepspeed ds.json
 
 Rerunning with the same flags resumes from the newest checkpoint in OUT/checkpoints. OUT is a normal
@@ -76,6 +77,9 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=D["workers"], help=f"DataLoader worker processes (default {D['workers']})")
     p.add_argument("--overwrite", action="store_true", help="delete OUT and start over instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--inspect", type=int, default=None, metavar="N",
+                   help="print the first N samples' prompt and loss span decoded, then exit without training")
+    p.add_argument("--json", action="store_true", help="with --inspect: print a JSON list of {id, prompt, target}")
     p.set_defaults(func=run)
 
 
@@ -95,6 +99,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.inspect is not None:
+        return inspect(args)
     from vtcr.train import train
 
     result = train(config_from_args(args), overwrite=args.overwrite)
@@ -110,4 +116,22 @@ def run(args: argparse.Namespace) -> int:
               f"peak RSS {log['memory']['peak_rss_bytes'] / 2**30:.2f} GiB")
         render = log["render_preset"] or ("a custom render config" if log["render_config"] else "unknown")
         print(f"  pages: {render}, max image pixels {log['max_image_pixels'] or 'processor default'}")
+    return 0
+
+
+def inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from vtcr.train import inspect_training
+
+    samples = inspect_training(config_from_args(args), args.inspect)
+    if args.json:
+        print(json.dumps(samples, ensure_ascii=False, indent=2))
+        return 0
+    for sample in samples:
+        print(f"=== sample {sample['id']}")
+        print("--- prompt (the loss ignores it)")
+        print(sample["prompt"])
+        print("--- target (the loss span)")
+        print(sample["target"])
     return 0

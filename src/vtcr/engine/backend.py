@@ -46,8 +46,10 @@ class GenerationResult:
 
 class Backend(Protocol):
     """Optional attributes the engine reads when present: `concurrency` (int: how many generate
-    calls may run at once from different threads; default 1) and `render_config` (RenderConfig or
-    None: the pages the model was trained to read; see `vtcr.render.resolve_render_config`)."""
+    calls may run at once from different threads; default 1), `render_config` (RenderConfig or
+    None: the pages the model was trained to read; see `vtcr.render.resolve_render_config`) and
+    `prompt_opens` (str: what the chat template's generation prompt already writes of the model's
+    turn, e.g. ``<think>\n``; the engine puts it in front of the first round's text; default "")."""
 
     name: str  # model name recorded in run records
 

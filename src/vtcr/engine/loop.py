@@ -14,6 +14,12 @@ Optical memory is rendered with `vtcr.render.resolve_render_config(config's, bac
 config's render preset or config, else the model's own (`backend.render_config`), else the
 paper's layout with a warning; every run record's config says which one was used.
 
+Real chat templates: a backend's `prompt_opens` (``<think>\n`` for Qwen3-VL Thinking, whose
+generation prompt opens the think block; empty otherwise) is put in front of the first round's
+generated text, so the round text that is recorded, given to the stop rule and rendered is exactly
+the segment build-data holds (its segment 0 starts with ``<think>\n``); later rounds' text is what
+the model generated, as build-data's later segments are.
+
 Sampling seeds: problem i uses `seeds[i]` (default `config.seed + i`), and round k of it the
 seed `round_seed(problem_seed, k)`, so the same inputs and seeds give the same record (timings
 aside), whatever else runs at the same time.
@@ -31,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vtcr.grade import extract_answer
+from vtcr.models.conventions import round_text
 
 from .backend import Backend, GenerationRequest, GenerationResult
 from .modes import EngineConfig, check_question, is_final, round_messages
@@ -70,6 +77,7 @@ class _Problem:
     seed: int
     key: str
     record: RunRecord
+    opens: str = ""  # what the backend's generation prompt opens of the model's turn (`prompt_opens`)
     pages: list[Any] = field(default_factory=list)  # optical memory: every page so far, in order
     started: float = 0.0
     done: bool = False
@@ -81,6 +89,8 @@ class _Problem:
     def request(self) -> GenerationRequest:
         cfg = self.config
         prefix = self.record.response if cfg.mode == "text" else ""
+        if prefix and self.opens and prefix.startswith(self.opens):  # the prompt writes it already
+            prefix = prefix[len(self.opens) :]
         return GenerationRequest(
             messages=round_messages(cfg, self.question, self.pages if cfg.mode == "vtc" else []),
             max_new_tokens=cfg.tokens_per_round,
@@ -95,9 +105,10 @@ class _Problem:
     def on_generated(self, result: GenerationResult, images: int) -> str:
         """Record a round; returns what comes next: "render", "generate" or "done"."""
         cfg = self.config
+        text = round_text(result.text, self.opens, self.rounds_done)
         self.record.rounds.append(
             RoundRecord(
-                text=result.text, generated_tokens=result.generated_tokens, images=images,
+                text=text, generated_tokens=result.generated_tokens, images=images,
                 vision_tokens=result.vision_tokens, prompt_tokens=result.prompt_tokens,
                 prefill_tokens=result.prefill_tokens, finish_reason=result.finish_reason,
                 generate_s=round(result.seconds, 6), preprocess_s=round(result.preprocess_seconds, 6),
@@ -195,7 +206,8 @@ def _drive(
     for i, q in enumerate(questions):
         seed = int(seeds[i]) if seeds is not None else config.seed + i
         record = RunRecord(question=q, mode=config.mode, model=model_name, seed=seed, config=dict(config_dict))
-        problems.append(_Problem(index=i, question=q, config=config, seed=seed, key=f"vtcr-{run_id}-{i}", record=record))
+        problems.append(_Problem(index=i, question=q, config=config, seed=seed, key=f"vtcr-{run_id}-{i}", record=record,
+                                 opens=str(getattr(backend, "prompt_opens", "") or "")))  # fmt: skip
 
     local = threading.local()
 

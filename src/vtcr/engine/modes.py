@@ -17,11 +17,12 @@ Modes (what round k, counted from 1, sends to the model):
   only the system prompt and the question.
 
 Every mode uses the chat template's plain generation prompt (no ``enable_thinking``): a VTC-R1
-model writes its own ``<think>``, as its training samples do, and a round's text is exactly what the
-model generated.
+model writes its own ``<think>``, as its training samples do, and a round's text is what the model
+generated -- except that a generation prompt that already opens ``<think>\\n`` (Qwen3-VL Thinking)
+puts it in front of the first round's text (`vtcr.engine.loop`), as build-data's first segment has it.
 
 A run ends when the text after the last ``</think>`` holds a non-empty ``<answer>...</answer>`` (a
-final ``\\boxed{}`` after ``</think>`` also counts, unless `boxed_counts_as_final` is off), when a round
+final ``\\boxed{}`` or GLM ``<|begin_of_box|>…<|end_of_box|>`` after ``</think>`` also counts, unless `boxed_counts_as_final` is off), when a round
 is empty (nothing to render or continue), or after `max_rounds` rounds (``finished: false``).
 """
 
@@ -32,7 +33,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-from vtcr.grade import ANSWER_TYPES, last_boxed
+from vtcr.grade import ANSWER_TYPES, last_answer_box
 from vtcr.prompts import SYSTEM_PROMPT, user_parts
 
 MODES = ("vtc", "standard", "text", "no-memory")
@@ -135,7 +136,7 @@ def is_final(text: str, boxed_counts_as_final: bool = True) -> bool:
     tail = text if cut < 0 else text[cut + len(_THINK_CLOSE) :]
     if any(inner.strip() for inner in _ANSWER.findall(tail)):
         return True
-    return boxed_counts_as_final and cut >= 0 and last_boxed(tail) is not None
+    return boxed_counts_as_final and cut >= 0 and last_answer_box(tail) is not None
 
 
 def check_question(question: Any, where: str = "question") -> str:

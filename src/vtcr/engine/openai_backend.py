@@ -196,6 +196,9 @@ class OpenAIBackend:
     RenderConfig); None asks the server once (`vtcr serve` reports its model's in `GET
     /v1/models/{id}`; vLLM and SGLang report none, and the engine then warns and renders the paper's
     layout). concurrency: requests in flight at once (the engine reads it too, to size its pool).
+    prompt_opens: what the served chat template's generation prompt already writes of the model's
+    turn (``"<think>\n"`` for Qwen3-VL Thinking); None asks the server (`vtcr serve` reports it;
+    vLLM and SGLang do not, so give it for such a template there), else "".
     """
 
     def __init__(
@@ -214,6 +217,7 @@ class OpenAIBackend:
         max_image_pixels: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
         render_config: Any = None,
+        prompt_opens: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not model:
@@ -248,6 +252,8 @@ class OpenAIBackend:
 
         self._render_config = _as_render_config(render_config)
         self._asked_server = self._render_config is not None
+        self._prompt_opens = prompt_opens
+        self._info_asked, self._info = False, None
         self._info_lock = threading.Lock()
         self._sleep = sleep
         self._slots = threading.BoundedSemaphore(self.concurrency)
@@ -264,7 +270,7 @@ class OpenAIBackend:
         with self._info_lock:
             if not self._asked_server:
                 self._asked_server = True
-                info = self.model_info()
+                info = self._server_info()
                 vtcr_info = info.get("vtcr") if isinstance(info, dict) else None
                 reported = vtcr_info.get("render_config") if isinstance(vtcr_info, dict) else None
                 if isinstance(reported, dict):
@@ -272,6 +278,24 @@ class OpenAIBackend:
 
                     self._render_config = render_config(reported)
         return self._render_config
+
+    @property
+    def prompt_opens(self) -> str:
+        """What the served template's generation prompt opens (the engine reads it): the one given,
+        else what the server reports (asked once), else ""."""
+        with self._info_lock:
+            if self._prompt_opens is None:
+                info = self._server_info()
+                vtcr_info = info.get("vtcr") if isinstance(info, dict) else None
+                reported = vtcr_info.get("prompt_opens") if isinstance(vtcr_info, dict) else None
+                self._prompt_opens = reported if isinstance(reported, str) else ""
+        return self._prompt_opens
+
+    def _server_info(self) -> dict[str, Any] | None:
+        """`model_info()`, asked once for both render_config and prompt_opens (call with _info_lock held)."""
+        if not self._info_asked:
+            self._info_asked, self._info = True, self.model_info()
+        return self._info
 
     def model_info(self) -> dict[str, Any] | None:
         """`GET /v1/models/{model}` (else the model's entry in `GET /v1/models`), or None when the

@@ -5,7 +5,8 @@ library only (http.server); the model runs through `TransformersBackend`.
 
 Endpoints
   GET  /health                 {"status": "ok"}
-  GET  /v1/models              the one served model (with vtcr's render config of the model)
+  GET  /v1/models              the one served model (with vtcr's render config of the model and
+                               `prompt_opens`, what its generation prompt opens, e.g. "<think>\n")
   GET  /v1/models/{id}         that model alone (404 for any other id)
   POST /v1/chat/completions    non-streaming chat completions
 
@@ -351,6 +352,9 @@ class ChatApp:
             from vtcr.render import preset_name
 
             entry["vtcr"] = {"render_preset": preset_name(render), "render_config": render.to_dict()}
+        opens = getattr(self.backend, "prompt_opens", None)
+        if isinstance(opens, str):  # what the model's generation prompt opens (the engine needs it for round 1)
+            entry.setdefault("vtcr", {})["prompt_opens"] = opens
         return entry
 
     def models(self) -> dict[str, Any]:

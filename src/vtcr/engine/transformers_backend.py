@@ -14,6 +14,13 @@ text position p with M-RoPE position p + rope_delta. Prefill and decoding are a 
 model's end-of-turn ids), because `generate` cannot start from a cropped cache with images in the
 uncached part.
 
+Prompts are the checkpoint's own chat template over the round's system and user turns, with its
+generation prompt (`vtcr.models.conventions.render_prompt`, the same text `vtcr train` builds);
+`prompt_opens` is what that prompt already opened of the model's turn (``<think>\n`` for Qwen3-VL
+Thinking), which the engine puts in front of the first round's text. Stop ids: the checkpoint's
+generation_config ``eos_token_id`` (Qwen3-VL: 151645 ``<|im_end|>``, 151643 ``<|endoftext|>``) plus
+the tokenizer's eos.
+
 Cached prefixes are checked, never trusted: an image counts as cached only when its content digest
 matches, and the token ids must match up to the reused length. The round text is decoded without
 special tokens (control tokens such as an image placeholder would otherwise come back as text and
@@ -183,6 +190,12 @@ class TransformersBackend:
         self.image_token_id = int(model.config.image_token_id)
         self.merge = int(processor.image_processor.merge_size)
         self.stop_ids = self._stop_ids()
+        from vtcr.models.conventions import chat_conventions
+        from vtcr.models.processor import arch_of_processor
+
+        self.conventions = chat_conventions(processor.chat_template or "", arch_of_processor(processor),
+                                            source=f"the chat template of {name}")  # fmt: skip
+        self.prompt_opens = self.conventions.opens
         self._size_kwargs: dict[str, Any] = {}
         if max_image_pixels is not None:
             from vtcr.models.processor import image_size_budget
@@ -207,10 +220,13 @@ class TransformersBackend:
         return cls(model, processor, **kwargs)
 
     def _stop_ids(self) -> frozenset[int]:
+        """generation_config's eos_token_id (the model config's when it has none), plus the tokenizer's eos."""
         ids: set[int] = set()
         for source in (getattr(self.model, "generation_config", None), self.model.config):
             eos = getattr(source, "eos_token_id", None)
             ids.update([eos] if isinstance(eos, int) else (eos or []))
+            if ids:
+                break
         if self.processor.tokenizer.eos_token_id is not None:
             ids.add(int(self.processor.tokenizer.eos_token_id))
         return frozenset(ids)
@@ -285,7 +301,9 @@ class TransformersBackend:
 
     def _prepare(self, request: GenerationRequest) -> _Prepared:
         images = message_images(request.messages)
-        text = self.processor.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+        from vtcr.models.conventions import render_prompt
+
+        text = render_prompt(self.processor, request.messages, source=f"the chat template of {self.name}")
         text += request.assistant_prefix
         digests = [image_digest(img) for img in images]
         key = request.prefix_key if self.prefix_cache else None

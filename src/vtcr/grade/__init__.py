@@ -13,10 +13,10 @@ JSONL file against a benchmark's gold answers is `vtcr.evaluate.grade_file`.
 """
 
 from vtcr.grade.equivalence import math_verify_equal
-from vtcr.grade.extract import ANSWER_TYPES, AnswerType, boxed_contents, extract_answer, last_boxed
+from vtcr.grade.extract import ANSWER_TYPES, AnswerType, boxed_contents, extract_answer, last_answer_box, last_boxed
 from vtcr.grade.grader import GRADE_REASONS, GradeConfig, Grader, GradeResult, grade_response, is_equivalent
 
 __all__ = [
     "ANSWER_TYPES", "AnswerType", "GRADE_REASONS", "GradeConfig", "GradeResult", "Grader", "boxed_contents",
-    "extract_answer", "grade_response", "is_equivalent", "last_boxed", "math_verify_equal",
+    "extract_answer", "grade_response", "is_equivalent", "last_answer_box", "last_boxed", "math_verify_equal",
 ]  # fmt: skip

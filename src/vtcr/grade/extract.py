@@ -1,7 +1,9 @@
 """Answer extraction: the final answer of a model response (math, or a multiple-choice letter).
 
 `extract_answer(response, answer_type)`: the `<answer>...</answer>` after the last `</think>`, else the
-last `\\boxed{...}`, else "the answer is ...", else the last number; for multiple choice a letter A-D.
+last box, else "the answer is ...", else the last number; for multiple choice a letter A-D.
+A box is LaTeX's `\\boxed{...}` or GLM-4.1V's `<|begin_of_box|>...<|end_of_box|>` (its models box
+the final answer that way, usually inside `<answer>` tags); inside `<answer>` tags the box wins.
 Pure text functions: no ML libraries, nothing slow.
 """
 
@@ -17,6 +19,9 @@ ANSWER_TYPES: tuple[str, ...] = ("math", "integer", "number", "multiple_choice")
 _THINK_END = re.compile(r"</think>|<\|end_of_thought\|>")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+# GLM-4.1V / Glyph: the answer box written with the model's control tokens.
+GLM_BOX = ("<|begin_of_box|>", "<|end_of_box|>")
+_GLM_BOX = re.compile(r"<\|begin_of_box\|>(.*?)<\|end_of_box\|>", re.DOTALL)
 # "The final answer is: $x$", "the answer is x", "**Answer:** x" (a literal first, for speed)
 _ANSWER_IS = re.compile(r"answer(?:\s+is|\s*[:=])\s*:?\s*(.+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+)")
@@ -74,6 +79,20 @@ def last_boxed(text: str) -> str | None:
         if content.strip():
             return content.strip()
     return None
+
+
+def last_answer_box(text: str) -> str | None:
+    """The content of the last non-empty box of either kind (`\\boxed{}` or GLM's
+    `<|begin_of_box|>...<|end_of_box|>`), stripped, or None. A LaTeX box inside a GLM box counts as
+    the GLM box's content."""
+    glm = [(m.start(), m.group(1)) for m in _GLM_BOX.finditer(text) if m.group(1).strip()]
+    if glm:
+        start, content = glm[-1]
+        latex_after = last_boxed(text[start + len(GLM_BOX[0]) + len(content):])
+        if latex_after is None:
+            return last_boxed(content) or content.strip()
+        return latex_after
+    return last_boxed(text)
 
 
 def _strip_math(text: str) -> str:
@@ -172,15 +191,15 @@ def _regions(response: str) -> list[str]:
 def _answer_tag(text: str) -> str | None:
     for inner in reversed(_ANSWER_TAG.findall(text)):
         if inner.strip():
-            boxed = last_boxed(inner)
-            return boxed if boxed else _strip_math(inner)
+            boxed = last_answer_box(inner)
+            return boxed if boxed else _strip_math(inner.replace(GLM_BOX[0], "").replace(GLM_BOX[1], ""))
     return None
 
 
 def extract_answer(response: str | None, answer_type: str = "math") -> str | None:
     """The final answer of a model response, or None when it gives none.
 
-    Math: `<answer>` tags after the last `</think>`, else the last `\\boxed{}`, else the phrase
+    Math: `<answer>` tags after the last `</think>`, else the last box (`\\boxed{}` or GLM's), else the phrase
     after "the answer is", else the last number. The part after the last `</think>` is searched
     first; the whole text only when it holds no tag, box or answer phrase (a truncated response).
     Multiple choice: a letter A-D from the same places, or from "answer is (C)"-style phrases.
@@ -192,7 +211,7 @@ def extract_answer(response: str | None, answer_type: str = "math") -> str | Non
     if answer_type == "multiple_choice":
         return _extract_letter(regions)
     for region in regions:
-        for finder in (_answer_tag, last_boxed, _answer_is):
+        for finder in (_answer_tag, last_answer_box, _answer_is):
             found = finder(region)
             if found:
                 return found
@@ -201,7 +220,7 @@ def extract_answer(response: str | None, answer_type: str = "math") -> str | Non
 
 def _extract_letter(regions: list[str]) -> str | None:
     for region in regions:
-        for finder in (_answer_tag, last_boxed, _answer_is):
+        for finder in (_answer_tag, last_answer_box, _answer_is):
             letter = _letter(finder(region))
             if letter:
                 return letter

@@ -1,6 +1,8 @@
 """Real-architecture VLMs, built and loaded offline.
 
     init_model(arch, size, tokenizer, out_dir, seed=0, render="dense") -> Path   # render: the pages it reads
+    init_model_like(folder, size, tokenizer, out_dir, chat_template=None)   # a real checkpoint's metadata
+    read_metadata(folder), chat_conventions(template, arch), inspect_model(path_or_id)
     load_model(path, device=None, dtype=None) -> (model, processor, meta)
     load_processor(path) -> processor
     build_inputs(processor, messages, images) -> BatchFeature for model(**inputs) / generate
@@ -38,6 +40,16 @@ _EXPORTS = {
     "META_FILE": "checkpoint",
     "ModelMeta": "checkpoint",
     "init_model": "checkpoint",
+    "init_model_like": "checkpoint",
+    "ChatConventions": "conventions",
+    "chat_conventions": "conventions",
+    "render_prompt": "conventions",
+    "training_target": "conventions",
+    "CheckpointMetadata": "metadata",
+    "read_metadata": "metadata",
+    "read_chat_template": "metadata",
+    "inspect_model": "inspection",
+    "load_family_tokenizer": "tokenizer",
     "load_model": "checkpoint",
     "read_meta": "checkpoint",
     "write_meta": "checkpoint",

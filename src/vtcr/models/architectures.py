@@ -184,9 +184,9 @@ FAMILIES = MappingProxyType(
                 "<|end_of_video|>",
                 "<|image|>",
                 "<|video|>",
-                "<|begin_of_box|>",
-                "<|end_of_box|>",
             ),
+            # The model boxes its final answer; plain tokens, so a decoded round keeps the box.
+            plain_tokens=("<think>", "</think>", "<|begin_of_box|>", "<|end_of_box|>"),
         ),
     }
 )

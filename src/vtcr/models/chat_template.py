@@ -13,7 +13,9 @@ placeholder to the image's vision-token count.
 
 Assistant content is written verbatim (``<think>`` blocks included), and wrapped in
 ``{% generation %}`` so ``apply_chat_template(..., return_assistant_tokens_mask=True)`` marks the
-tokens an SFT loss should cover (for Qwen including the closing ``<|im_end|>``).
+tokens an SFT loss should cover (for Qwen including the closing ``<|im_end|>``). vtcr's own training
+does not use those marks: its loss span is the segment + end of turn after the generation prompt
+(`vtcr.models.conventions`), the same rule for these templates and for real checkpoints' own.
 """
 
 from __future__ import annotations

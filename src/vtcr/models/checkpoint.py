@@ -169,31 +169,132 @@ def init_model(
     _check_out_dir(out_dir, overwrite)
 
     import torch
-    from transformers import AutoModelForImageTextToText, GenerationConfig
+    from transformers import GenerationConfig
 
     from .processor import make_processor
-    from vtcr.tokens import load_tokenizer
-
-    from .tokenizer import prepare_tokenizer
+    from .tokenizer import load_family_tokenizer, prepare_tokenizer
 
     torch_dtype = _torch_dtype(dtype) or (torch.float32 if size in ("tiny", "small") else torch.bfloat16)
 
-    tok = load_tokenizer(tokenizer)
+    tok = load_family_tokenizer(tokenizer)
     ids = prepare_tokenizer(tok, arch, published_vocab_size=dims(arch, size).vocab_size)
     config = build_config(arch, size, ids)
 
-    target = torch.device(device)
-    # Seed a forked RNG so that the caller's random state is left as it was.
-    with torch.random.fork_rng(devices=[target.index or 0] if target.type == "cuda" else []):
-        torch.manual_seed(seed)
-        with target:
-            model = AutoModelForImageTextToText.from_config(config, dtype=torch_dtype)
+    model = _random_model(config, seed, device, torch_dtype)
     model.generation_config = GenerationConfig(eos_token_id=list(ids.stop), pad_token_id=ids.pad, bos_token_id=ids.bos)
-    model.eval()
 
     processor = make_processor(arch, tok)
     meta = ModelMeta(arch=fam.arch, size=size, created_by="vtcr init-model", seed=seed).with_render(render)
     return save_checkpoint(model, processor, out_dir, meta, overwrite=overwrite)
+
+
+def _random_model(config: Any, seed: int, device: str, dtype: Any):
+    """A randomly initialised model of `config`, the same for the same seed; the caller's RNG is untouched."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    target = torch.device(device)
+    with torch.random.fork_rng(devices=[target.index or 0] if target.type == "cuda" else []):
+        torch.manual_seed(seed)
+        with target:
+            model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def _check_config_ids(config: Any, arch: str, tokenizer: Any, tokenizer_name: str, where: str) -> None:
+    """ValueError when the real config's control-token ids are not the tokenizer's (the model would
+    read image placeholders as other tokens)."""
+    names = {"image_token_id": "image_token", "video_token_id": "video_token"}
+    for attr in ("vision_start_token_id", "image_start_token_id"):
+        if getattr(config, attr, None) is not None:
+            names[attr] = "image_start_token"
+    for attr in ("vision_end_token_id", "image_end_token_id"):
+        if getattr(config, attr, None) is not None:
+            names[attr] = "image_end_token"
+    fam = family(arch)
+    wrong = []
+    for attr, token_field in names.items():
+        token = getattr(fam, token_field)
+        want = getattr(config, attr, None)
+        got = tokenizer.convert_tokens_to_ids(token)
+        if want is not None and want != got:
+            wrong.append(f"{token} is {got} in the tokenizer but {attr} {want} in {where}")
+    vocab = config.get_text_config().vocab_size
+    top = max(tokenizer.get_vocab().values()) + 1
+    if top > vocab:
+        wrong.append(f"the tokenizer has ids up to {top - 1}, beyond the vocabulary of {vocab} in {where}")
+    if wrong:
+        raise ValueError(f"tokenizer {tokenizer_name} does not fit {where}: {'; '.join(wrong)}. Use the checkpoint's tokenizer")
+
+
+def init_model_like(
+    like: str | os.PathLike,
+    size: str,
+    tokenizer: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    chat_template: str | os.PathLike | None = None,
+    seed: int = 0,
+    render: Any = DEFAULT_PRESET,
+    device: str = "cpu",
+    dtype: Any = None,
+    overwrite: bool = False,
+) -> Path:
+    """A random-weight checkpoint built from a real checkpoint's metadata folder `like` (no weights).
+
+    Its config.json shrunk to `size` (a folder without one: vtcr's family table at `size`); its chat
+    template, unchanged (or `chat_template`, a .jinja file or a JSON holding "chat_template", e.g.
+    the Thinking template over the Instruct folder, whose architecture it shares); its
+    generation_config.json (else the family's stop tokens); its preprocessor_config.json (else the
+    family's published image settings). `tokenizer` must carry every control token of the family
+    (refused otherwise, naming the missing ones): the real Qwen3 files (``builtin:qwen3``) for Qwen,
+    ``builtin:glm-4.1v`` (a stand-in) for GLM-4.1V. Saved like `init_model`'s folders.
+    """
+    from .conventions import chat_conventions
+    from .metadata import read_metadata
+
+    meta_files = read_metadata(like, chat_template)  # family, template; unknown families are refused
+    arch = meta_files.arch
+    size = resolve_size(arch, size)
+    source = str(meta_files.template_file or like)
+    if meta_files.chat_template is None:
+        raise FileNotFoundError(f"{like} holds no chat template (chat_template.jinja / chat_template.json / "
+                                "tokenizer_config.json): pass --chat-template FILE")  # fmt: skip
+    chat_conventions(meta_files.chat_template, arch, source=source)  # refuses a template vtcr cannot split
+    meta_files.vision_spec()  # refuses a preprocessor config without a pixel budget
+    _check_out_dir(out_dir, overwrite)
+
+    import torch
+    from transformers import GenerationConfig
+
+    from .processor import make_image_processor, make_processor
+    from .tokenizer import check_family_tokens, load_family_tokenizer, token_ids
+
+    tok = load_family_tokenizer(tokenizer)
+    check_family_tokens(tok, arch, str(tokenizer))
+    fam = family(arch)
+    tok_config = meta_files.tokenizer_config or {}
+    tok.eos_token = tok_config.get("eos_token") or fam.eos_token
+    tok.pad_token = tok_config.get("pad_token") or fam.pad_token
+    tok.chat_template = meta_files.chat_template
+    ids = token_ids(tok, arch, published_vocab_size=dims(arch, size).vocab_size)
+    config = meta_files.config_at(size, ids)
+    if meta_files.config is not None:
+        _check_config_ids(config, arch, tok, str(tokenizer), str(meta_files.folder / "config.json"))
+
+    torch_dtype = _torch_dtype(dtype) or (torch.float32 if size in ("tiny", "small") else torch.bfloat16)
+    model = _random_model(config, seed, device, torch_dtype)
+    if meta_files.generation_config is not None:
+        model.generation_config = GenerationConfig.from_dict(dict(meta_files.generation_config))
+    else:
+        model.generation_config = GenerationConfig(eos_token_id=list(ids.stop), pad_token_id=ids.pad, bos_token_id=ids.bos)
+
+    image_processor = make_image_processor(
+        arch, meta_files.preprocessor_config, where=str(meta_files.folder / meta_files.preprocessor_file)
+    ) if meta_files.preprocessor_config is not None else make_image_processor(arch)  # fmt: skip
+    processor = make_processor(arch, tok, meta_files.chat_template, image_processor)
+    meta = ModelMeta(arch=arch, size=size, created_by=f"vtcr init-model --like {Path(like).name}", seed=seed)
+    return save_checkpoint(model, processor, out_dir, meta.with_render(render), overwrite=overwrite)
 
 
 def resolve_model_path(path_or_id: str | os.PathLike) -> Path:

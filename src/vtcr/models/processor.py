@@ -104,29 +104,45 @@ def video_processor_dict(fam: Family, image_processor: Any) -> dict[str, Any]:
     }
 
 
-def make_image_processor(arch: str):
-    """The family's image processor with its published settings (PIL backend: runs anywhere)."""
+def make_image_processor(arch: str, config: dict[str, Any] | None = None, *, where: str = "preprocessor_config.json"):
+    """The family's image processor (PIL backend: runs anywhere) with its published settings, or with
+    those of a real `config` (a preprocessor_config.json dict; ValueError naming `where` when it has
+    no pixel budget)."""
     fam = family(arch)
     if arch == "glm-4.1v":
         from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil as cls
     else:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as cls
+    if config is None:
+        return cls(
+            size={"shortest_edge": fam.min_pixels, "longest_edge": fam.max_pixels},
+            patch_size=fam.patch_size,
+            temporal_patch_size=fam.temporal_patch_size,
+            merge_size=fam.merge_size,
+            image_mean=list(fam.image_mean),
+            image_std=list(fam.image_std),
+        )
+    from .metadata import vision_spec_from_config
+
+    spec = vision_spec_from_config(config, arch, where)
+    kept = ("do_resize", "do_rescale", "rescale_factor", "do_normalize", "do_convert_rgb", "resample")
     return cls(
-        size={"shortest_edge": fam.min_pixels, "longest_edge": fam.max_pixels},
-        patch_size=fam.patch_size,
-        temporal_patch_size=fam.temporal_patch_size,
-        merge_size=fam.merge_size,
-        image_mean=list(fam.image_mean),
-        image_std=list(fam.image_std),
+        size={"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels},
+        patch_size=spec.patch_size,
+        temporal_patch_size=spec.temporal_patch_size,
+        merge_size=spec.merge_size,
+        image_mean=list(config.get("image_mean", fam.image_mean)),
+        image_std=list(config.get("image_std", fam.image_std)),
+        **{k: config[k] for k in kept if k in config},
     )
 
 
-def make_processor(arch: str, tokenizer: Any, template: str | None = None):
+def make_processor(arch: str, tokenizer: Any, template: str | None = None, image_processor: Any = None):
     """An image-only processor of `arch` built in memory (what init_model saves)."""
     from .chat_template import chat_template
 
     template = template or chat_template(arch)
-    return _IMAGE_ONLY[arch](make_image_processor(arch), tokenizer, chat_template=template)
+    return _IMAGE_ONLY[arch](image_processor or make_image_processor(arch), tokenizer, chat_template=template)
 
 
 def check_processor_files(path: str | os.PathLike) -> Path:
@@ -200,8 +216,10 @@ def build_inputs(
     images = list(images)
     if len(images) != len(items):
         raise ValueError(f"messages hold {len(items)} image items but {len(images)} images were given")
-    text = processor.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt, **template_kwargs
+    from .conventions import template_messages
+
+    text = processor.apply_chat_template(  # string system contents: GLM's template prints a list as Python
+        template_messages(messages), tokenize=False, add_generation_prompt=add_generation_prompt, **template_kwargs
     )
     kwargs: dict[str, Any] = {"return_tensors": return_tensors}
     if max_image_pixels is not None:

@@ -26,6 +26,7 @@ _EXPORTS = {
     "TrainResult": "trainer",
     "last_checkpoint": "trainer",
     "train": "trainer",
+    "inspect_training": "trainer",
     "export_llamafactory": "llamafactory",
     "LlamaFactoryExport": "llamafactory",
     "BuiltinRecipe": "builtin",

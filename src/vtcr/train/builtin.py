@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-RECIPE_VERSION = 1  # bump when anything below changes what is trained
+RECIPE_VERSION = 2  # bump when anything below changes what is trained
 CACHE_ENV = "VTCR_CACHE"
 DONE_FILE = "builtin.json"
 QUESTION_PREFIX = "Add: "

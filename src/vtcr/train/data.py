@@ -7,12 +7,16 @@ Samples (one list, in the build's source order):
   turn, no images, as the engine's ``standard`` mode asks) and the whole trace -- every segment
   joined, i.e. ``<think>`` reasoning ``</think>`` summary ``<answer>GOLD</answer>`` -- as the answer.
 
-Encoding: the prompt is the chat template with the generation prompt, its image placeholders
+Encoding: the prompt is the checkpoint's chat template rendered over the sample's system and user
+turns with its generation prompt (`vtcr.models.conventions.render_prompt`), its image placeholders
 expanded per image and tokenized in one call -- the same steps, in the same order, as
 `vtcr.engine.TransformersBackend` -- so training and inference see identical prompt tokens. The
-target is the rest of the templated conversation, tokenized on its own (what the model generates
-token by token), ending with the family's end-of-turn token (appended when the template has none,
-e.g. GLM). Loss covers the target tokens only.
+target is never taken from how the template re-renders an assistant message (Qwen3-VL Thinking
+would turn every middle segment into an empty think block followed by the text): it is exactly the
+segment the dataset holds, minus an opening ``<think>\n`` that the generation prompt already wrote,
+plus the family's end-of-turn token and what the template writes right after it
+(`vtcr.models.conventions.training_target`: ``<|im_end|>\n`` for Qwen, ``<|endoftext|>`` for GLM).
+It is tokenized on its own (what the model generates token by token). Loss covers the target only.
 
 Truncation rule (`cutoff_len` = L; counted in `DataPlan`): a sample whose prompt alone has L or
 more tokens is dropped (its images would have to be cut); otherwise the target keeps its first
@@ -194,6 +198,13 @@ def vision_spec_of(processor: Any, max_image_pixels: int | None):
     )  # fmt: skip
 
 
+def _text_of(content: Any) -> str:
+    """The text of an assistant message (a string, or its text parts joined)."""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text") or "" for part in content if part.get("type") == "text")
+
+
 class SampleEncoder:
     """Turns a `Sample` into input ids, labels and pixel values (see the module docstring).
 
@@ -202,14 +213,14 @@ class SampleEncoder:
     """
 
     def __init__(self, processor: Any, cutoff_len: int, max_image_pixels: int | None = None):
-        from vtcr.models.architectures import family
+        from vtcr.models.conventions import chat_conventions
         from vtcr.models.processor import arch_of_processor, image_size_budget
 
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.cutoff_len = int(cutoff_len)
         self.max_image_pixels = max_image_pixels
-        fam = family(arch_of_processor(processor))
+        arch = arch_of_processor(processor)
         self.image_token = processor.image_token
         ids = self.tokenizer.convert_tokens_to_ids([self.image_token])
         self.image_token_id = int(ids[0])
@@ -218,28 +229,20 @@ class SampleEncoder:
         if max_image_pixels is not None:
             self.size_kwargs["size"] = image_size_budget(processor, max_image_pixels)
         self.spec = vision_spec_of(processor, max_image_pixels)
-        self.stop_strings = tuple(fam.stop_tokens)
-        self.end_of_turn = fam.eos_token
+        self.conventions = chat_conventions(processor.chat_template or "", arch, source="the model's chat template")
 
     # -- text ------------------------------------------------------------------------------------
 
     def split(self, messages: Sequence[dict[str, Any]]) -> tuple[str, str]:
-        """(prompt text, target text) of a conversation whose last message is the assistant's."""
+        """(prompt text, target text) of a conversation whose last message is the assistant's
+        (see the module docstring)."""
+        from vtcr.models.conventions import render_prompt, training_target
+
         messages = list(messages)
         if not messages or messages[-1]["role"] != "assistant":
             raise ValueError("a training sample must end with an assistant message")
-        prompt = self.processor.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        full = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-        if not full.startswith(prompt):
-            raise ValueError(
-                "the chat template does not render a conversation as its generation prompt followed by the "
-                "assistant turn; vtcr cannot tell the loss span of this template"
-            )
-        target = full[len(prompt) :]
-        stripped = target.rstrip()
-        if stripped.endswith(self.stop_strings):
-            return prompt, stripped  # drop what the template writes after the end-of-turn token
-        return prompt, target + self.end_of_turn
+        prompt = render_prompt(self.processor, messages[:-1], source="the model's chat template")
+        return prompt, training_target(_text_of(messages[-1]["content"]), self.conventions)
 
     def prompt_ids(self, prompt: str, grids: Sequence[Sequence[int]]) -> list[int]:
         """Token ids of `prompt` with its i-th image placeholder expanded to image i's token count

@@ -3,10 +3,13 @@
 Writes into OUT:
 - `vtcr_sft.yaml`: the SFT config (full fine-tuning of the language model; vision tower and
   projector frozen; lr 1e-5, cosine, warm-up 0.1, one epoch, cutoff 32768, bf16, DeepSpeed ZeRO-3,
-  batch 1 x 8 accumulation) -- run it with `llamafactory-cli train OUT/vtcr_sft.yaml`;
-- `dataset_info.json`: the dataset entry (absolute path to the build's `vtcr_sft.json`) to merge
-  into another LLaMA-Factory data folder; the YAML itself reads the build folder, whose own
-  dataset_info.json and relative image paths LLaMA-Factory resolves there;
+  batch 1 x 8 accumulation) -- run it with `llamafactory-cli train OUT/vtcr_sft.yaml`. DeepSpeed is
+  not installed by `pip install llamafactory` (`pip install deepspeed`, GPU only); the YAML carries a
+  commented CPU-override block for a smoke run without it (recipes/train.md);
+- `vtcr_sft.json`: the build's samples in LLaMA-Factory's sharegpt form with ABSOLUTE image paths
+  (and absolute `file_name` in `dataset_info.json`), so the entry still resolves when merged into
+  another dataset folder (LLaMA-Factory joins relative paths to `media_dir`, an absolute one stays);
+- `dataset_info.json`: the dataset entry, to merge into another LLaMA-Factory data folder;
 - `ds_z3_config.json`: a ZeRO-3 config whose sizes Trainer fills in ("auto");
 - `vtcr.json`: the render preset and image cap to copy next to the trained weights, so the
   engine renders and resizes as in training;
@@ -21,11 +24,16 @@ untouched and are resized exactly as `vtcr reason` resizes them; the cap, when t
 lives in the processor (`model/`). `pages_pre_resized` counts the pages that LLaMA-Factory would
 still touch (pages larger than the processor's maximum; 0 for normal pages).
 
-Templates: Qwen3-VL -> `qwen3_vl_nothink`, Qwen2.5-VL -> `qwen2_vl`, GLM-4.1V -> `glm4v`. Recent
-LLaMA-Factory versions register `glm4v` (and `qwen3_vl`) as reasoning templates that prepend an
-empty `<think></think>` to every assistant turn holding neither tag -- every middle segment of a
-VTC-R1 sample. vtcr cannot switch that off from a YAML; `samples_without_think_tags` counts the
-samples affected and a warning says so.
+Templates (LLaMA-Factory 0.9.5's definitions, re-stated in `LF_FORMATS` and checked against the
+checkpoint's own chat template on the build's first sample): Qwen3-VL -> `qwen3_vl_nothink`,
+Qwen2.5-VL -> `qwen2_vl`, GLM-4.1V -> `glm_ocr` (the same format as `glm4v`). The reasoning
+templates `qwen3_vl` and `glm4v` are avoided: they prepend an empty think block to every target that
+holds no think tag -- every middle segment of a VTC-R1 sample. Token ids then equal `vtcr train`'s;
+the loss spans agree exactly for the Qwen Instruct templates (both train on `segment<|im_end|>\n`).
+Where the checkpoint's generation prompt writes more than LLaMA-Factory's prompt -- `<think>\n` of
+Qwen3-VL Thinking (the export then writes it at the start of every target), the `\n` after GLM's
+`<|assistant|>` -- LLaMA-Factory also trains on those tokens; `lf_extra_target` says which, and a
+prompt that matches no LLaMA-Factory template is a warning.
 """
 
 from __future__ import annotations
@@ -37,8 +45,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vtcr._io import write_text_atomic
+from vtcr._io import atomic_open, write_text_atomic
 from vtcr.models.checkpoint import META_FILE, write_meta
+from vtcr.prompts import IMAGE_PLACEHOLDER
 
 from .data import iter_problems, read_build
 
@@ -47,8 +56,74 @@ DATASET_INFO_FILE = "dataset_info.json"
 DEEPSPEED_FILE = "ds_z3_config.json"
 MODEL_OVERLAY = "model"
 
-TEMPLATES = {"qwen3-vl": "qwen3_vl_nothink", "qwen2.5-vl": "qwen2_vl", "glm-4.1v": "glm4v"}
-REASONING_TEMPLATES = frozenset({"glm4v", "qwen3_vl"})
+TEMPLATES = {"qwen3-vl": "qwen3_vl_nothink", "qwen2.5-vl": "qwen2_vl", "glm-4.1v": "glm_ocr"}
+SFT_EXPORT_FILE = "vtcr_sft.json"
+
+
+@dataclass(frozen=True)
+class LfFormat:
+    """A LLaMA-Factory template's string slots (llamafactory/data/template.py, 0.9.5), re-stated as facts.
+
+    Rendered prompt: prefix + system.format(s) + user.format(u); supervised: assistant_lead + content
+    + assistant_tail (+ the tokenizer's eos with efficient_eos). `image` replaces each `<image>`."""
+
+    prefix: str
+    system: str
+    user: str
+    assistant_lead: str
+    assistant_tail: str
+    image: str
+    default_system: str | None = None
+
+
+_QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+LF_FORMATS = {
+    "qwen3_vl_nothink": LfFormat("", "<|im_start|>system\n{}<|im_end|>\n", "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+                                 "", "<|im_end|>\n", _QWEN_IMAGE),
+    "qwen2_vl": LfFormat("", "<|im_start|>system\n{}<|im_end|>\n", "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+                         "", "<|im_end|>\n", _QWEN_IMAGE, default_system="You are a helpful assistant."),
+    "glm_ocr": LfFormat("[gMASK]<sop>", "<|system|>\n{}", "<|user|>\n{}<|assistant|>", "\n", "<|endoftext|>",
+                        "<|begin_of_image|><|image|><|end_of_image|>"),
+}  # fmt: skip
+
+
+def lf_prompt(fmt: LfFormat, system: str | None, user: str) -> str:
+    """The prompt text LLaMA-Factory builds for one sharegpt sample (images as unexpanded placeholders)."""
+    system = system if system is not None else fmt.default_system
+    head = fmt.system.format(system) if system else ""
+    return fmt.prefix + head + fmt.user.format(user.replace(IMAGE_PLACEHOLDER, fmt.image))
+
+
+def lf_content(segment: str, conventions: Any) -> str:
+    """A target as the export writes it: what the checkpoint's generation prompt opens, then the
+    segment without it (so LLaMA-Factory's ids equal vtcr's prompt + target)."""
+    from vtcr.models.conventions import strip_opening
+
+    return conventions.opens + strip_opening(segment, conventions) if conventions.opens else segment
+
+
+def check_lf_template(template: str, processor: Any, conventions: Any, sample: dict[str, Any]) -> tuple[str, list[str]]:
+    """(the text LLaMA-Factory trains on beyond vtcr's target, warnings) for one sharegpt `sample`
+    under LF template `template` and the checkpoint's chat template."""
+    from vtcr.models.conventions import render_prompt
+
+    fmt = LF_FORMATS[template]
+    system, user = sample["messages"][0]["content"], sample["messages"][1]["content"]
+    parts = user.split(IMAGE_PLACEHOLDER)
+    items = [{"type": "text", "text": parts[0]}] + [{"type": "image", "text": None}] * (len(parts) - 1)
+    ours = render_prompt(processor, [{"role": "system", "content": system}, {"role": "user", "content": items}])
+    theirs = lf_prompt(fmt, system, user)
+    extra = fmt.assistant_lead + conventions.opens
+    warnings = []
+    if ours != theirs + extra:
+        warnings.append(
+            f"no LLaMA-Factory template matches this checkpoint's chat template: `{template}` writes the prompt "
+            f"{theirs[-120:]!r} where the checkpoint writes {ours[-120:]!r}; use `vtcr train`, or fix the template"
+        )
+    if fmt.assistant_tail != conventions.target_suffix:
+        warnings.append(f"LLaMA-Factory's `{template}` ends a target with {fmt.assistant_tail!r}, vtcr with "
+                        f"{conventions.target_suffix!r}")  # fmt: skip
+    return extra, warnings
 _PROCESSOR_CONFIGS = ("preprocessor_config.json", "processor_config.json")
 
 # ZeRO-3 as LLaMA-Factory's examples use it; "auto" values come from the Trainer arguments.
@@ -89,6 +164,8 @@ class LlamaFactoryExport:
     pages_pre_resized: int
     samples: int
     samples_without_think_tags: int
+    dataset_file: str = ""
+    lf_extra_target: str = ""  # text LLaMA-Factory trains on before vtcr's target (prompt text for vtcr)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,7 +219,7 @@ def write_model_overlay(model_path: Path, target: Path, budget: dict[str, int]) 
 
 
 def _yaml(
-    *, model: str, image_max_pixels: int, image_min_pixels: int, dataset: str, dataset_dir: str, template: str,
+    *, model: str, image_max_pixels: int, image_min_pixels: int, dataset: str, dataset_dir: str, media_dir: str, template: str,
     cutoff_len: int, deepspeed: str, output_dir: str, lr: float, epochs: float, batch_size: int, grad_accum: int,
     cap: int | None, warnings: list[str], yaml_path: str,
 ) -> str:
@@ -169,11 +246,14 @@ def _yaml(
         "freeze_vision_tower: true",
         "freeze_multi_modal_projector: true",
         "freeze_language_model: false",
+        "# DeepSpeed ZeRO-3 (GPU only): `pip install llamafactory` does not install it -- `pip install deepspeed`.",
         f"deepspeed: {_q(deepspeed)}",
         "",
         "### dataset",
         f"dataset: {_q(dataset)}",
         f"dataset_dir: {_q(dataset_dir)}",
+        "# Image paths in the dataset file are absolute; media_dir only matters for other datasets merged in.",
+        f"media_dir: {_q(media_dir)}",
         f"template: {template}",
         f"cutoff_len: {cutoff_len}",
         "overwrite_cache: true",
@@ -198,6 +278,14 @@ def _yaml(
         "warmup_ratio: 0.1",
         "bf16: true",
         "ddp_timeout: 180000000",
+        "",
+        "### CPU smoke run (no GPU, no deepspeed): change these lines, do not add them twice (duplicate keys)",
+        "# deepspeed: null",
+        "# bf16: false",
+        "# use_cpu: true",
+        "# preprocessing_num_workers: 1",
+        "# dataloader_num_workers: 0",
+        "# max_steps: 2",
     ]
     return "\n".join(lines) + "\n"
 
@@ -253,8 +341,6 @@ def export_llamafactory(
     missing = missing_images(build, records)
     if missing:
         raise FileNotFoundError(f"{build.path}: {len(missing)} referenced image(s) missing: {', '.join(missing[:10])}")
-    if not (build.path / "vtcr_sft.json").is_file():
-        raise FileNotFoundError(f"{build.path} has no vtcr_sft.json (rerun `vtcr build-data` to write the outputs)")
 
     out_dir = Path(out).expanduser().resolve()
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -268,13 +354,17 @@ def export_llamafactory(
     samples = sum(len(r["turns"]) for r in records)
     bare = sum(1 for r in records for t in r["turns"] if "<think>" not in t and "</think>" not in t)
 
+    from vtcr.data.samples import sharegpt_sample
+    from vtcr.models.conventions import chat_conventions
+
+    conventions = chat_conventions(processor.chat_template or "", arch, source=f"the chat template of {model_path}")
     template = TEMPLATES[arch]
-    warnings = []
-    if template in REASONING_TEMPLATES and bare:
+    first = sharegpt_sample(records[0], 0, build.system_prompt)
+    extra, warnings = check_lf_template(template, processor, conventions, first)
+    if extra:
         warnings.append(
-            f"LLaMA-Factory's `{template}` template is a reasoning template in recent versions: it prepends an empty "
-            f"<think></think> to the {bare} of {samples} training targets that hold neither tag (middle segments); "
-            "vtcr train does not"
+            f"LLaMA-Factory also trains on {extra!r} at the start of every target (the checkpoint's generation "
+            "prompt writes it, so `vtcr train` counts it as prompt); the token ids are the same"
         )
     if pre_resized:
         warnings.append(f"{pre_resized} page(s) exceed the processor's maximum; LLaMA-Factory shrinks them twice")
@@ -293,7 +383,19 @@ def export_llamafactory(
     meta_path = out_dir / META_FILE
     yaml_path = out_dir / YAML_FILE
     write_text_atomic(ds_path, json.dumps(DEEPSPEED_Z3, indent=2) + "\n")
-    entry = dataset_info(build.dataset_name, file_name=str(build.path / "vtcr_sft.json"))
+    sft_path = out_dir / SFT_EXPORT_FILE
+    with atomic_open(sft_path) as fh:  # one sample at a time: a build can hold 100k samples
+        fh.write("[")
+        n = 0
+        for record in records:
+            for k in range(len(record["turns"])):
+                row = sharegpt_sample(record, k, build.system_prompt)
+                row["images"] = [str(build.path / name) for name in row["images"]]
+                row["messages"][-1]["content"] = lf_content(row["messages"][-1]["content"], conventions)
+                fh.write(("," if n else "") + "\n" + json.dumps(row, ensure_ascii=False))
+                n += 1
+        fh.write("\n]\n")
+    entry = dataset_info(build.dataset_name, file_name=str(sft_path))
     write_text_atomic(info_path, json.dumps(entry, indent=2) + "\n")
     trained_meta = ModelMeta(
         arch=arch, size=meta.size, created_by="vtcr export-llamafactory", max_image_pixels=cap,
@@ -303,7 +405,7 @@ def export_llamafactory(
         yaml_path,
         _yaml(
             model=model_name, image_max_pixels=image_max, image_min_pixels=image_min, dataset=build.dataset_name,
-            dataset_dir=str(build.path), template=template, cutoff_len=cutoff_len, deepspeed=str(ds_path),
+            dataset_dir=str(out_dir), media_dir=str(build.path), template=template, cutoff_len=cutoff_len, deepspeed=str(ds_path),
             output_dir=output_dir or str(out_dir / "saves"), lr=lr, epochs=epochs, batch_size=batch_size,
             grad_accum=grad_accum, cap=cap, warnings=warnings, yaml_path=str(yaml_path),
         ),
@@ -312,5 +414,6 @@ def export_llamafactory(
         out_dir=str(out_dir), yaml=str(yaml_path), dataset_info=str(info_path), deepspeed=str(ds_path),
         meta=str(meta_path), model_name_or_path=model_name, template=template, dataset=build.dataset_name,
         image_max_pixels=image_max, image_min_pixels=image_min, max_image_pixels=cap, pages=len(areas),
-        pages_pre_resized=pre_resized, samples=samples, samples_without_think_tags=bare, warnings=warnings,
+        pages_pre_resized=pre_resized, samples=samples, samples_without_think_tags=bare, dataset_file=str(sft_path),
+        lf_extra_target=extra, warnings=warnings,
     )  # fmt: skip

@@ -305,6 +305,62 @@ def plot_loss(history: list[dict[str, Any]], path: Path, title: str) -> Path | N
 # --- the run -------------------------------------------------------------------------------------
 
 
+def inspect_training(config: TrainConfig, n: int = 3) -> list[dict[str, str]]:
+    """The first `n` samples (in the build's order, before shuffling) that `train(config)` trains on,
+    without training: for each, its id, the prompt and the loss span decoded (``{"id", "prompt",
+    "target"}``), as LLaMA-Factory prints its first example. Samples the truncation rule drops are
+    skipped; a truncated target is shown truncated. The prompt's image placeholder runs are shown as
+    ``<|image_pad|>*494`` (one per image)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"--inspect N must be a positive int, got {n!r}")
+    config = normalized(config)
+    build = read_build(config.data)
+    from vtcr.models import resolve_model_path
+    from vtcr.models.checkpoint import read_meta
+    from vtcr.models.processor import load_processor
+
+    model_path = resolve_model_path(config.model)
+    processor = load_processor(model_path)
+    cap = config.max_image_pixels if config.max_image_pixels is not None else read_meta(model_path).max_image_pixels
+    encoder = SampleEncoder(processor, config.cutoff_len, cap)
+    samples = load_samples(build, config.mode)
+    chosen: list[int] = []
+    for start in range(0, len(samples), 64):  # plan only as far as needed: a build can hold 100k samples
+        chosen += [start + i for i in encoder.plan(samples[start : start + 64]).kept]
+        if len(chosen) >= n:
+            break
+    out = []
+    for index in chosen[:n]:
+        sample = samples[index]
+        enc = encoder.encode(sample)
+        n_prompt = sum(1 for label in enc["labels"] if label == IGNORE_INDEX)
+        prompt_ids = enc["input_ids"][:n_prompt]
+        out.append({
+            "id": sample.id,
+            "prompt": _decode_collapsed(prompt_ids, encoder.image_token_id, encoder.image_token, processor.tokenizer),
+            "target": processor.tokenizer.decode(enc["input_ids"][n_prompt:], skip_special_tokens=False),
+        })  # fmt: skip
+    return out
+
+
+def _decode_collapsed(ids: list[int], image_token_id: int, image_token: str, tokenizer: Any) -> str:
+    """`ids` decoded, each run of image placeholder tokens written as `TOKEN*length`."""
+    pieces, start = [], 0
+    i = 0
+    while i < len(ids):
+        if ids[i] == image_token_id:
+            j = i
+            while j < len(ids) and ids[j] == image_token_id:
+                j += 1
+            pieces.append(tokenizer.decode(ids[start:i], skip_special_tokens=False))
+            pieces.append(f"{image_token}*{j - i}")
+            start = i = j
+        else:
+            i += 1
+    pieces.append(tokenizer.decode(ids[start:], skip_special_tokens=False))
+    return "".join(pieces)
+
+
 def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()) -> TrainResult:
     """Fine-tune `config.model` on the build `config.data`; the trained checkpoint is `config.out`.
 
@@ -509,4 +565,4 @@ def _save_final(trainer: Any, processor: Any, meta: Any, config: TrainConfig, mo
     trainer.accelerator.wait_for_everyone()
 
 
-__all__ = ["TrainResult", "last_checkpoint", "prepare_out_dir", "train"]
+__all__ = ["TrainResult", "inspect_training", "last_checkpoint", "prepare_out_dir", "train"]
