@@ -66,7 +66,7 @@ SEED_TRACE_CHARS = 12_000  # trace.txt: the first finished shared trace at least
 
 def _old_builtin_cached() -> bool:
     try:
-        from vtcr.train.builtin import DONE_FILE, builtin_model_dir
+        from vtcr.builtin import DONE_FILE, builtin_model_dir
     except ImportError:
         return False
     return (builtin_model_dir() / DONE_FILE).is_file()
@@ -399,6 +399,11 @@ def doc_sessions(tmp_path_factory, shared_data) -> dict[str, DocSession]:
         trace = next(t for t in map(json.loads, fh)
                      if t["r1_style"] and not t["likely_truncated"] and len(t["r1_style"]) >= SEED_TRACE_CHARS)  # fmt: skip
     env = {"VTCR_DATA": str(shared_data), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # Docs name the shared folders as `../shared/...` (a checkout beside them): give every session
+    # folder such a sibling, wherever pytest's temporary root is.
+    sibling = tmp_path_factory.getbasetemp() / "shared"
+    if not sibling.exists():
+        sibling.symlink_to(shared_data.parent, target_is_directory=True)
     sessions = {}
     for doc in DOCS:
         name = doc.relative_to(PROJECT_ROOT).as_posix()

@@ -31,7 +31,7 @@ def run(args) -> int:
     questions = None if args.no_model else _demo_questions(args.question, args.questions)  # fail before any work
     _render_part(args, out)
     if questions is not None:
-        from vtcr.train.builtin import ensure_builtin_model
+        from vtcr.builtin import ensure_builtin_model
 
         print("== 2. optical-memory reasoning with vtcr's built-in model")
         _reason_part(questions, ensure_builtin_model(progress=True), out)
@@ -40,7 +40,7 @@ def run(args) -> int:
 
 def _demo_questions(text: str | None, count: int) -> list[tuple[str, str]]:
     """The questions the built-in model answers in the demo, with their gold answers."""
-    from vtcr.train.builtin import LETTERS, BuiltinRecipe, heldout_questions, parse_question
+    from vtcr.builtin import LETTERS, BuiltinRecipe, heldout_questions, parse_question
 
     if text is None:
         if not 1 <= count <= 1000:
@@ -80,7 +80,7 @@ def _reason_part(questions: list[tuple[str, str]], model_dir: Path, out: Path) -
 
     The first question is shown round by round; records and pages go to OUT/runs/MODE/qNN.json."""
     from vtcr.engine import TransformersBackend, reason_many, write_run
-    from vtcr.train.builtin import answered_correctly, builtin_engine_config
+    from vtcr.builtin import answered_correctly, builtin_engine_config
 
     print(f"model: {model_dir}")
     backend = TransformersBackend.from_pretrained(model_dir, device="cpu")

@@ -9,7 +9,7 @@ what it needs (processor inputs; base64 data URLs on the wire).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,21 @@ class GenerationRequest:
     # Hint for prefix caching: the next request of this prefix_key continues this one's output (the
     # `text` mode), so a backend may keep the generated tokens' KV too. Backends may ignore it.
     keep_generated: bool = False
+    # vLLM-style sampling controls (0 / 1.0: off). top_k keeps the k most likely tokens;
+    # repetition_penalty divides positive (multiplies negative) logits of every token already in
+    # the prompt or the output, as transformers and vLLM do.
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    # Stop strings: the text ends before the first one generated (finish_reason "stop").
+    stop: tuple[str, ...] = ()
+    # None: no log-probabilities. k >= 0: result.extra["logprobs"] holds, per generated token,
+    # {"id", "token", "logprob", "top": [{"id", "token", "logprob"}, ...k most likely]}.
+    logprobs: int | None = None
+    # Streaming and cancellation (not part of the request's identity): on_token receives each new
+    # piece of text as it is decoded; once cancel is set, generation stops within a step and the
+    # result has finish_reason "cancelled".
+    on_token: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+    cancel: Any = field(default=None, compare=False, repr=False)  # threading.Event-like: .is_set()
 
 
 @dataclass(frozen=True)
@@ -38,7 +53,7 @@ class GenerationResult:
     prompt_tokens: int  # tokens of the whole prompt (text + image placeholders)
     prefill_tokens: int  # prompt tokens actually computed this call (prompt_tokens minus reused prefix)
     vision_tokens: int  # image placeholder tokens in the prompt
-    finish_reason: str  # "stop" (end of turn) | "length" (hit max_new_tokens)
+    finish_reason: str  # "stop" (end of turn or a stop string) | "length" (hit max_new_tokens) | "cancelled"
     seconds: float  # wall time of the call (queueing excluded where the backend can tell)
     preprocess_seconds: float = 0.0  # image preprocessing inside the backend, when measured
     extra: dict[str, Any] = field(default_factory=dict)

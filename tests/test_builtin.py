@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 
 from vtcr.cli import main as cli_main  # noqa: E402
 from vtcr.engine import TransformersBackend, reason  # noqa: E402
-from vtcr.train.builtin import (  # noqa: E402
+from vtcr.builtin import (  # noqa: E402
     DONE_FILE,
     BuiltinRecipe,
     build_builtin_data,

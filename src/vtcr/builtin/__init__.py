@@ -290,8 +290,7 @@ def ensure_builtin_model(
 
 
 def train_builtin(recipe: BuiltinRecipe, model_dir: Path, data_dir: Path, out: Path, progress: bool = False):
-    from .config import TrainConfig
-    from .trainer import train
+    from vtcr.train import TrainConfig, train
 
     config = TrainConfig(
         data=str(data_dir), model=str(model_dir), out=str(out), lr=recipe.lr, epochs=recipe.epochs,
