@@ -194,16 +194,16 @@ def test_step_log_trim_keeps_whole_lines_up_to_the_resumed_step(tmp_path):
 
 def test_training_lowers_the_loss_and_the_checkpoint_loads_in_the_engine(build_dir, tiny_qwen3, tmp_path):
     out = tmp_path / "run"
-    result = train(config(build_dir, tiny_qwen3, out, max_steps=20, lr=3e-3))
+    result = train(config(build_dir, tiny_qwen3, out, max_steps=8, lr=1e-2))
     log = json.loads((out / "train_log.json").read_text())
     losses = [h["loss"] for h in log["loss_history"]]
-    assert result.global_step == 20 and len(losses) == 20
-    assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4, losses  # the same few samples, seen repeatedly
+    assert result.global_step == 8 and len(losses) == 8
+    assert sum(losses[-2:]) / 2 < 0.7 * sum(losses[:2]) / 2, losses  # the same few samples, seen repeatedly
     assert log["data"]["truncated"] > 0 and log["data"]["kept"] + log["data"]["dropped_prompt_too_long"] == log["data"]["samples"]
     assert log["timing"]["seconds_per_step"] > 0 and log["memory"]["peak_rss_bytes"] > 0
     assert (out / "loss.png").stat().st_size > 0
     saved = TrainConfig.from_json(out / "train_config.json")
-    assert saved == TrainConfig.from_json(saved.to_json()) and saved.out == str(out.resolve()) and saved.max_steps == 20
+    assert saved == TrainConfig.from_json(saved.to_json()) and saved.out == str(out.resolve()) and saved.max_steps == 8
     meta = json.loads((out / "vtcr.json").read_text())
     # the checkpoint records the whole render config of the data's pages (and its preset name)
     assert meta["render_config"] == json.loads((build_dir / "build.json").read_text())["render"]
