@@ -32,6 +32,9 @@ from vtcr.tokens import image_prompt_tokens, vision_tokens
 
 MODEL_NAME = "tiny-qwen3-vl"
 MAX_REQUEST_MB = 4
+CONTEXT = 4096  # --max-model-len: the tiny model's own is 262144
+MAX_IMAGES = 4
+API_KEY = "test-key-1234"
 MAX_IMAGE_PIXELS = 600_000  # above a 573x842 page (482k pixels): pages keep their size, bigger images shrink
 START_TIMEOUT_S = 120
 
@@ -42,12 +45,13 @@ class Served:
         self.base_url = f"http://127.0.0.1:{port}/v1"
 
     def request(self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None):
-        """(status, parsed JSON, headers) of one request on a fresh connection."""
+        """(status, parsed JSON, headers) of one request on a fresh connection (with the API key
+        unless `headers` has an Authorization of its own)."""
         if isinstance(body, dict):
             body = json.dumps(body).encode()
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers={"Authorization": f"Bearer {API_KEY}", **(headers or {})})
             response = conn.getresponse()
             return response.status, json.loads(response.read()), response.headers
         finally:
@@ -79,7 +83,9 @@ def served(tiny_model, tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "vtcr.cli", "serve", "--model", str(tiny_model), "--port", "0",
            "--served-model-name", MODEL_NAME, "--max-request-mb", str(MAX_REQUEST_MB), "--device", "cpu",
-           "--max-image-pixels", str(MAX_IMAGE_PIXELS)]  # fmt: skip
+           "--max-image-pixels", str(MAX_IMAGE_PIXELS), "--max-model-len", str(CONTEXT),
+           "--max-images", str(MAX_IMAGES)]  # fmt: skip
+    env["VTCR_API_KEY"] = API_KEY  # the key from the environment, as a deployment would pass it
     with open(log, "wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     lines: queue.Queue = queue.Queue()
@@ -278,9 +284,20 @@ BAD_BODIES = [
      422, "not a decodable"),
     ("text media type", chat_body([image_part("data:text/plain;base64,aGk=")]), 400, "is not an image"),
     ("audio part", chat_body([{"type": "input_audio", "input_audio": {}}]), 400, "unsupported part type"),
-    ("stream", chat_body("hi", stream=True), 400, "stream=true is not supported"),
-    ("n=2", chat_body("hi", n=2), 400, "n must be 1"),
-    ("stop", chat_body("hi", stop=["\n"]), 400, "stop is not supported"),
+    ("stream not bool", chat_body("hi", stream="yes"), 400, "stream must be true or false"),
+    ("n=0", chat_body("hi", n=0), 400, "n must be an integer [1, 16]"),
+    ("n=17", chat_body("hi", n=17), 400, "n must be an integer [1, 16]"),
+    ("five stops", chat_body("hi", stop=["a", "b", "c", "d", "e"]), 400, "at most 4"),
+    ("empty stop", chat_body("hi", stop=[""]), 400, "non-empty"),
+    ("top_logprobs without logprobs", chat_body("hi", top_logprobs=2), 400, "needs logprobs=true"),
+    ("top_logprobs 21", chat_body("hi", logprobs=True, top_logprobs=21), 400, "top_logprobs must be an integer"),
+    ("stream_options without stream", chat_body("hi", stream_options={"include_usage": True}), 400,
+     "only allowed with stream=true"),
+    ("top_k", chat_body("hi", top_k=-2), 400, "top_k must be an integer"),
+    ("repetition_penalty", chat_body("hi", repetition_penalty=0), 400, "repetition_penalty must be a number"),
+    ("max_tokens over context", chat_body("hi", max_tokens=CONTEXT + 1), 400, f"context length is {CONTEXT}"),
+    ("too many images", chat_body([image_part("data:image/png;base64,x")] * (MAX_IMAGES + 1)), 400,
+     f"at most {MAX_IMAGES} per request"),
     ("max_tokens 0", chat_body("hi", max_tokens=0), 400, "max_tokens must be an integer"),
     ("max_tokens str", chat_body("hi", max_tokens="9"), 400, "max_tokens must be an integer"),
     ("temperature", chat_body("hi", temperature=3), 400, "temperature must be a number"),
@@ -382,7 +399,7 @@ def test_port_in_use_is_reported_with_the_address(served):
 
 
 def test_openai_backend_end_to_end(served, pages):
-    backend = OpenAIBackend(served.base_url, MODEL_NAME, timeout_s=60, max_retries=1, concurrency=3)
+    backend = OpenAIBackend(served.base_url, MODEL_NAME, timeout_s=60, max_retries=1, concurrency=3, api_key=API_KEY)
     messages = [
         {"role": "system", "content": "These images record your previous reasoning process."},
         {"role": "user", "content": [*({"type": "image", "image": p} for p in pages), {"type": "text", "text": QUESTION}]},  # noqa: E501
@@ -423,7 +440,7 @@ def test_reasoning_over_http_renders_the_served_models_pages(served, monkeypatch
         real_init(self, config, backend)
 
     monkeypatch.setattr(Renderer, "__init__", recording_init)
-    backend = OpenAIBackend(served.base_url, MODEL_NAME, timeout_s=60, max_retries=1)
+    backend = OpenAIBackend(served.base_url, MODEL_NAME, timeout_s=60, max_retries=1, api_key=API_KEY)
     assert backend.render_config == preset("vtcr1") and backend.render_config.name == "vtcr1"
     with caplog.at_level("WARNING", logger="vtcr.render.presets"):
         # sampled: the random model's greedy text is blank lines, which render to nothing
@@ -438,7 +455,7 @@ def test_reasoning_over_http_renders_the_served_models_pages(served, monkeypatch
 
 
 def test_openai_backend_surfaces_4xx_from_server(served):
-    backend = OpenAIBackend(served.base_url, "no-such-model", timeout_s=30, max_retries=3, sleep=lambda s: None)
+    backend = OpenAIBackend(served.base_url, "no-such-model", timeout_s=30, max_retries=3, sleep=lambda s: None, api_key=API_KEY)
     with pytest.raises(BackendError, match="HTTP 404: model 'no-such-model' does not exist") as info:
         backend.generate(GenerationRequest([{"role": "user", "content": "hi"}], max_new_tokens=2))
     assert info.value.attempts == 1 and info.value.url == served.base_url + "/chat/completions"
@@ -494,6 +511,7 @@ def test_parse_defaults_and_roles():
     assert request.messages == [{"role": "system", "content": "sys"},
                                 {"role": "user", "content": [{"type": "text", "text": "q"}]}]  # fmt: skip
     assert (request.max_new_tokens, request.temperature, request.top_p, request.seed) == (7, 1.0, 1.0, None)
-    assert parse_chat_request({"messages": [{"role": "user", "content": "q"}]}, ServerConfig()).max_new_tokens == 1024
+    # no max_tokens: what is left of the context (the backend stops at the context length)
+    assert parse_chat_request({"messages": [{"role": "user", "content": "q"}]}, ServerConfig(), 4096).max_new_tokens == 4096
     config = ServerConfig(port=0, served_model_name="x", max_request_bytes=5)
     assert ServerConfig.from_json(config.to_json()) == config
