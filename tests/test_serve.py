@@ -372,6 +372,22 @@ def test_malformed_http_gets_json_error(served):
     assert "Too many headers" in json.loads(body)["error"]["message"]
 
 
+@pytest.mark.parametrize("line", [b"HELLO\r\n\r\n", b"GET /health\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\r\n\r\n",
+                                  b"GET /health HTTP/9.9\r\n\r\n"])
+def test_garbage_request_line_gets_a_status_line(served, line):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", served.port), timeout=30) as sock:
+        sock.sendall(line)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert re.match(rb"HTTP/1\.[01] (400|505|200) ", head), reply[:200]
+    if not head.split()[1] == b"200":  # a bare HTTP/1.0-style "GET /health" is answered
+        assert set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
+
+
 def test_missing_content_length(served):
     conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
     conn.putrequest("POST", "/v1/chat/completions")
@@ -515,3 +531,151 @@ def test_parse_defaults_and_roles():
     assert parse_chat_request({"messages": [{"role": "user", "content": "q"}]}, ServerConfig(), 4096).max_new_tokens == 4096
     config = ServerConfig(port=0, served_model_name="x", max_request_bytes=5)
     assert ServerConfig.from_json(config.to_json()) == config
+
+
+# ---- the real `openai` client: streaming, stop, n, logprobs, sampling knobs, refusals ------------
+
+openai = pytest.importorskip("openai")
+SAY = [{"role": "user", "content": "Say something."}]
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return openai.OpenAI(base_url=served.base_url, api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def _streamed(chunks) -> tuple[dict[int, str], dict[int, str], list]:
+    """(text per choice index, finish_reason per index, the chunks) of a chat stream."""
+    texts: dict[int, str] = {}
+    finish: dict[int, str] = {}
+    chunks = list(chunks)
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finish[choice.index] = choice.finish_reason
+    return texts, finish, chunks
+
+
+def test_openai_client_stream_equals_the_plain_answer(client, pages):
+    content = [image_part(data_url(pages[0])), {"type": "text", "text": QUESTION}]
+    kw = dict(model=MODEL_NAME, messages=[{"role": "user", "content": content}], max_tokens=10, temperature=1.0,
+              seed=3)  # fmt: skip
+    plain = client.chat.completions.create(**kw)
+    texts, finish, chunks = _streamed(
+        client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True})
+    )
+    assert texts == {0: plain.choices[0].message.content} and len(texts[0]) > 10
+    assert finish == {0: plain.choices[0].finish_reason}
+    assert chunks[0].object == "chat.completion.chunk" and chunks[0].choices[0].delta.role == "assistant"
+    assert len(chunks) >= 2 + 10  # role, one piece per token or so, finish, usage
+    assert all(c.usage is None for c in chunks[:-1]) and chunks[-1].choices == []
+    usage = chunks[-1].usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (plain.usage.prompt_tokens, plain.usage.completion_tokens)
+    # without include_usage: no usage anywhere, and the raw stream ends with data: [DONE]
+    with client.chat.completions.with_streaming_response.create(**kw, stream=True) as raw:
+        lines = [line for line in raw.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: {") for line in lines[:-1])
+    assert all("usage" not in json.loads(line[6:]) for line in lines[:-1])
+
+
+def test_stop_strings_cut_the_text_streamed_or_not(client):
+    kw = dict(model=MODEL_NAME, messages=SAY, max_tokens=16, temperature=1.0, seed=3)
+    full = client.chat.completions.create(**kw).choices[0].message.content
+    stop = full[len(full) // 2 : len(full) // 2 + 3]  # three characters in the middle of the sampled text
+    assert len(stop) == 3 and full.find(stop) > 0
+    cut = client.chat.completions.create(**kw, stop=[stop, "never-generated-xyz"]).choices[0]
+    assert (cut.message.content, cut.finish_reason) == (full[: full.find(stop)], "stop")
+    texts, finish, _ = _streamed(client.chat.completions.create(**kw, stop=stop, stream=True))
+    assert texts == {0: full[: full.find(stop)]} and finish == {0: "stop"}
+
+
+def test_n_choices_are_the_seeds_seed_plus_i(client):
+    kw = dict(model=MODEL_NAME, messages=SAY, max_tokens=6, temperature=1.0)
+    many = client.chat.completions.create(**kw, n=3, seed=40)
+    singles = [client.chat.completions.create(**kw, seed=40 + i) for i in range(3)]
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    assert [c.message.content for c in many.choices] == [s.choices[0].message.content for s in singles]
+    assert len({c.message.content for c in many.choices}) == 3
+    assert many.usage.prompt_tokens == singles[0].usage.prompt_tokens  # one prompt
+    assert many.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles)
+    texts, finish, _ = _streamed(client.chat.completions.create(**kw, n=2, seed=40, stream=True))
+    assert texts == {i: many.choices[i].message.content for i in range(2)} and set(finish) == {0, 1}
+
+
+def test_logprobs_top_logprobs_and_sampling_knobs(client):
+    kw = dict(model=MODEL_NAME, messages=SAY, max_tokens=8)
+    greedy = client.chat.completions.create(**kw, temperature=0, logprobs=True, top_logprobs=3).choices[0]
+    entries = greedy.logprobs.content
+    assert len(entries) == 8 and "".join(e.token for e in entries) == greedy.message.content
+    for e in entries:
+        tops = [t.logprob for t in e.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True) and tops[0] <= 0
+        assert e.top_logprobs[0].token == e.token and e.logprob == pytest.approx(tops[0])  # greedy: the best one
+        assert bytes(e.bytes).decode() == e.token
+    assert client.chat.completions.create(**kw, temperature=0).choices[0].logprobs is None
+    # top_k=1 samples the most likely token: greedy, whatever the seed
+    top1 = client.chat.completions.create(**kw, temperature=1.0, seed=8, extra_body={"top_k": 1})
+    assert top1.choices[0].message.content == greedy.message.content
+    # the random model's greedy text repeats one token; a strong repetition penalty forbids repeats
+    assert len({e.token for e in entries}) < 8
+    penalized = client.chat.completions.create(**kw, temperature=0, logprobs=True,
+                                               extra_body={"repetition_penalty": 10.0}).choices[0]  # fmt: skip
+    assert len({e.token for e in penalized.logprobs.content}) == 8
+
+
+@pytest.mark.parametrize(
+    "param, kwargs",
+    [("frequency_penalty", {"frequency_penalty": 0.5}), ("presence_penalty", {"presence_penalty": -1}),
+     ("logit_bias", {"logit_bias": {"100": 5}}), ("response_format", {"response_format": {"type": "json_object"}}),
+     ("tools", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
+     ("tool_choice", {"tool_choice": "required"}), ("min_p", {"extra_body": {"min_p": 0.1}}),
+     ("best_of", {"extra_body": {"best_of": 2}}), ("guided_json", {"extra_body": {"guided_json": {}}})],
+)  # fmt: skip
+def test_unimplemented_parameters_are_refused_by_name(client, param, kwargs):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL_NAME, messages=SAY, max_tokens=2, **kwargs)
+    assert info.value.param == param and info.value.code == "unsupported_parameter" and param in str(info.value)
+
+
+def test_no_op_values_of_unimplemented_parameters_are_accepted(client):
+    out = client.chat.completions.create(model=MODEL_NAME, messages=SAY, max_tokens=2, frequency_penalty=0,
+                                         presence_penalty=0.0, response_format={"type": "text"}, user="u1")  # fmt: skip
+    assert out.choices[0].finish_reason in ("stop", "length")
+
+
+def test_api_key_is_required_on_v1_but_not_health(served):
+    wrong = openai.OpenAI(base_url=served.base_url, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as info:
+        wrong.models.list()
+    assert info.value.code == "invalid_api_key" and "not the server's API key" in str(info.value)
+    for headers in ({"Authorization": ""}, {"Authorization": f"Basic {API_KEY}"}):
+        status, data, got = served.request("POST", "/v1/chat/completions", chat_body("hi"), headers)
+        assert status == 401 and got["WWW-Authenticate"] == "Bearer" and data["error"]["code"] == "invalid_api_key"
+    assert served.request("GET", "/health", headers={"Authorization": ""})[:2] == (200, {"status": "ok"})
+
+
+def test_models_retrieve_and_context_length(client, qwen3_tokenizer):
+    model = client.models.retrieve(MODEL_NAME)
+    assert model.id == MODEL_NAME and model.max_model_len == CONTEXT
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("other")
+    # A prompt over the context length: 400 naming its length and the limit, streamed or not.
+    text = "word " * CONTEXT
+    prompt = f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+    n_prompt = len(qwen3_tokenizer.encode(prompt, add_special_tokens=False).ids)
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": text}],
+                                           max_tokens=4, stream=stream)  # fmt: skip
+        assert info.value.code == "context_length_exceeded" and info.value.param == "messages"
+        assert f"the prompt is {n_prompt} tokens" in str(info.value) and f"context length is {CONTEXT}" in str(info.value)
+    # No max_tokens: the answer may run to the end of the context; a prompt that leaves 3 tokens gets 3.
+    short = "word " * (CONTEXT - 20)
+    n_short = len(qwen3_tokenizer.encode(f"<|im_start|>user\n{short}<|im_end|>\n<|im_start|>assistant\n",
+                                         add_special_tokens=False).ids)  # fmt: skip
+    short += "word " * (CONTEXT - 3 - n_short)
+    out = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": short}],
+                                         temperature=0, extra_body={"repetition_penalty": 10.0})  # fmt: skip
+    assert out.usage.prompt_tokens == CONTEXT - 3
+    assert (out.usage.completion_tokens, out.choices[0].finish_reason) == (3, "length")

@@ -5,6 +5,7 @@ library only (http.server); the model runs through `TransformersBackend`.
 
 Endpoints
   GET  /health                 {"status": "ok"} (never needs the API key)
+  GET  /stats                  completions in flight, and completed / cancelled / failed counts
   GET  /v1/models              the one served model (`max_model_len`, plus vtcr's render config of
                                the model and `prompt_opens`, what its generation prompt opens)
   GET  /v1/models/{id}         that model alone (404 for any other id)
@@ -534,6 +535,7 @@ class ChatApp:
         self._count_lock = threading.Lock()
         self._waiting = 0
         self._jobs: set[Job] = set()
+        self._stats = {"completed": 0, "cancelled": 0, "failed": 0, "generated_tokens": 0, "cancelled_tokens": 0}
         self.draining = False  # set on shutdown: new requests get 503
 
     # ---- models ----
@@ -568,6 +570,11 @@ class ChatApp:
         if self.config.prefix_cache:
             call = replace(call, request=replace(call.request, prefix_key=conversation_key(call.request.messages)))
         return call
+
+    def stats(self) -> dict[str, Any]:
+        """What `GET /stats` shows: completions running or queued, and counts since start."""
+        with self._count_lock:
+            return {"in_flight": self._waiting, "concurrency": self.concurrency, **self._stats}
 
     def in_flight(self) -> int:
         with self._count_lock:
@@ -613,6 +620,17 @@ class ChatApp:
         finally:
             with self._count_lock:
                 self._waiting -= 1
+                if result is None:
+                    self._stats["failed"] += 1
+                else:
+                    kind = "cancelled" if result.finish_reason == "cancelled" else "completed"
+                    self._stats[kind] += 1
+                    self._stats["generated_tokens"] += result.generated_tokens
+                    if kind == "cancelled":
+                        self._stats["cancelled_tokens"] += result.generated_tokens
+            if result is not None and result.finish_reason == "cancelled":
+                sys.stderr.write(f"vtcr serve: generation cancelled after {result.generated_tokens} tokens "
+                                 f"({job.why_cancelled})\n")  # fmt: skip
             job._finish(index, result, error)
             if job.done.is_set():
                 with self._count_lock:
@@ -783,6 +801,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = self._path()
         if path == "/health":
             self._send_json(200, {"status": "ok"})
+            return
+        if path == "/stats":
+            self._send_json(200, self.server.app.stats())
             return
         if path.startswith(API_PREFIX) and not self._authorized():
             return
