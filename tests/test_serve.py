@@ -679,3 +679,115 @@ def test_models_retrieve_and_context_length(client, qwen3_tokenizer):
                                          temperature=0, extra_body={"repetition_penalty": 10.0})  # fmt: skip
     assert out.usage.prompt_tokens == CONTEXT - 3
     assert (out.usage.completion_tokens, out.choices[0].finish_reason) == (3, "length")
+
+
+# ---- concurrency, time limit and cancellation, in process over a real socket ---------------------
+
+
+class _TickingBackend:
+    """Honours the backend contract with a clock instead of a model: one token ("t ") every `tick`
+    seconds through on_token, stops when cancel is set; records how many calls overlap."""
+
+    name = "ticking"
+
+    def __init__(self, concurrency: int, tick: float = 0.01) -> None:
+        self.concurrency, self.tick = concurrency, tick
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+        self.cancelled_after: list[int] = []
+
+    def generate(self, request):
+        from vtcr.engine.backend import GenerationResult
+
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        tokens, finish = 0, "length"
+        try:
+            while tokens < request.max_new_tokens:
+                if request.cancel is not None and request.cancel.is_set():
+                    finish = "cancelled"
+                    self.cancelled_after.append(tokens)
+                    break
+                time.sleep(self.tick)
+                tokens += 1
+                if request.on_token:
+                    request.on_token("t ")
+        finally:
+            with self.lock:
+                self.running -= 1
+        return GenerationResult("t " * tokens, tokens, 3, 3, 0, finish, tokens * self.tick)
+
+    def release(self, prefix_key):
+        pass
+
+
+@pytest.fixture
+def ticking_server():
+    servers = []
+
+    def start(backend, **config):
+        httpd = make_server(backend, ServerConfig(port=0, served_model_name="tick", **config))
+        stop = threading.Event()
+        from vtcr.engine.server import run_server
+
+        thread = threading.Thread(target=run_server, args=(httpd,), kwargs={"stop": stop, "announce": lambda m: None},
+                                  daemon=True)  # fmt: skip
+        thread.start()
+        servers.append((stop, thread))
+        return f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+    yield start
+    for stop, thread in servers:
+        stop.set()
+        thread.join(15)
+
+
+@pytest.mark.parametrize("concurrency, cap, expected", [(4, None, 4), (4, 1, 1)])
+def test_concurrent_requests_reach_the_backend_concurrently(ticking_server, concurrency, cap, expected):
+    backend = _TickingBackend(concurrency)
+    url = ticking_server(backend, max_concurrency=cap)
+    client = openai.OpenAI(base_url=url, api_key="-", max_retries=0)
+    with __import__("concurrent.futures").futures.ThreadPoolExecutor(6) as pool:
+        outs = list(pool.map(lambda _: client.chat.completions.create(model="tick", messages=SAY, max_tokens=10), range(6)))
+    assert [o.choices[0].message.content for o in outs] == ["t " * 10] * 6
+    assert backend.most == expected
+
+
+def test_time_limit_gives_504_and_stops_the_generation(ticking_server):
+    backend = _TickingBackend(2)
+    url = ticking_server(backend, request_timeout_s=0.3)
+    client = openai.OpenAI(base_url=url, api_key="-", max_retries=0)
+    t0 = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="tick", messages=SAY, max_tokens=10_000)
+    assert info.value.status_code == 504 and "time limit of 0.3 s" in str(info.value)
+    assert time.monotonic() - t0 < 2 and backend.cancelled_after and backend.cancelled_after[0] < 60
+    # streaming: the stream ends with an error event, then [DONE]
+    with client.chat.completions.with_streaming_response.create(model="tick", messages=SAY, max_tokens=10_000,
+                                                                stream=True) as raw:  # fmt: skip
+        lines = [line for line in raw.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["error"]["code"] == "timeout"
+    assert len(backend.cancelled_after) == 2
+
+
+def test_client_disconnect_cancels_within_a_few_tokens(ticking_server):
+    backend = _TickingBackend(2)
+    url = ticking_server(backend)
+    client = openai.OpenAI(base_url=url, api_key="-", max_retries=0)
+    stream = client.chat.completions.create(model="tick", messages=SAY, max_tokens=10_000, stream=True)
+    for _, _chunk in zip(range(3), stream):
+        pass
+    gone = time.monotonic()
+    stream.close()
+    while not backend.cancelled_after and time.monotonic() - gone < 5:
+        time.sleep(0.005)
+    assert backend.cancelled_after, "the generation went on after the client left"
+    assert time.monotonic() - gone < 0.5 and backend.cancelled_after[0] < 50
+    # non-streaming: the client times out and closes; the server notices while the request waits
+    with pytest.raises(openai.APITimeoutError):
+        client.with_options(timeout=0.3).chat.completions.create(model="tick", messages=SAY, max_tokens=10_000)
+    deadline = time.monotonic() + 5
+    while len(backend.cancelled_after) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(backend.cancelled_after) == 2 and backend.cancelled_after[1] < 100

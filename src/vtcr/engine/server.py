@@ -891,10 +891,10 @@ class _Handler(BaseHTTPRequestHandler):
         started = False
         left = call.n
         while left:
+            app._watch(job, self._client_gone)  # time limit and disconnects, also while pieces flow
             try:
                 kind, index, payload = job.events.get(timeout=_POLL_S)
             except queue.Empty:
-                app._watch(job, self._client_gone)
                 continue
             if not started:
                 if kind == "error" or job.cancel.is_set():
