@@ -1,7 +1,8 @@
 """`vtcr bench serve`: throughput, latency and cancellation of `vtcr serve` under concurrent clients.
 
 One backend is loaded in this process and served twice over real HTTP on 127.0.0.1, side by side
-in one run: `batched` (up to the backend's `concurrency` generate calls at once, what `vtcr serve`
+in one run (the two servers run at once and are measured in turn, A B B A per client count, so that
+a change in machine load hits both): `batched` (up to the backend's `concurrency` generate calls at once, what `vtcr serve`
 does) and `one-at-a-time` (max_concurrency=1). For each number of concurrent clients (default 1, 8
 and 32) every client sends its requests back to back (each a small real optical-memory page plus a
 question, greedy, `max_tokens` tokens); reported: requests/s, output tokens/s and p50 / p99 latency,
@@ -124,6 +125,16 @@ def measure_level(port: int, name: str, mode: str, clients: int, requests: int, 
                        _percentile(latencies, 50), _percentile(latencies, 99), latencies)  # fmt: skip
 
 
+def _pooled(runs: list[LevelResult]) -> LevelResult:
+    """One LevelResult from several runs of one mode and client count (all their requests together)."""
+    latencies = [x for r in runs for x in r.latencies_s]
+    seconds = sum(r.seconds for r in runs)
+    tokens = sum(r.tokens_per_s * r.seconds for r in runs)
+    first = runs[0]
+    return LevelResult(first.mode, first.clients, len(latencies), seconds, len(latencies) / seconds, tokens / seconds,
+                       _percentile(latencies, 50), _percentile(latencies, 99), latencies)  # fmt: skip
+
+
 def measure_disconnect(port: int, name: str, app: Any, url: str, max_tokens: int = 4000) -> dict[str, float]:
     """Seconds from a streaming client's disconnect to its generation leaving the server."""
     before = app.stats()
@@ -164,11 +175,8 @@ def run_serve_bench(config: ServeBenchConfig, out_dir: str | os.PathLike, progre
     name = "bench"
     backend = TransformersBackend.from_pretrained(model, device=config.device, dtype=config.dtype, name=name)
     urls = _page_urls(max(config.clients), config.seed)
-    levels: list[LevelResult] = []
-    disconnects: list[dict[str, float]] = []
-    steps = len(MODES) * len(config.clients) + 1
-    bar = tqdm(total=steps, desc="bench serve", disable=not progress)
-    for mode in MODES:
+    servers: dict[str, tuple[Any, threading.Event, threading.Thread]] = {}
+    for mode in MODES:  # both up at once: the modes alternate, so a busy machine slows both alike
         cap = 1 if mode == "one-at-a-time" else None
         httpd = make_server(backend, ServerConfig(port=0, served_model_name=name, max_concurrency=cap,
                                                   max_queue=max(64, 2 * max(config.clients)), prefix_cache=False))  # fmt: skip
@@ -176,18 +184,27 @@ def run_serve_bench(config: ServeBenchConfig, out_dir: str | os.PathLike, progre
         thread = threading.Thread(target=run_server, args=(httpd,), kwargs={"stop": stop, "announce": lambda m: None},
                                   daemon=True)  # fmt: skip
         thread.start()
-        port = httpd.server_address[1]
-        app: ChatApp = httpd.app  # type: ignore[attr-defined]
-        try:
-            _post(port, _body(name, urls[0], config.max_tokens))  # warm-up
-            for clients in config.clients:
-                levels.append(measure_level(port, name, mode, clients, max(config.requests, clients), urls,
-                                            config.max_tokens))  # fmt: skip
+        servers[mode] = (httpd, stop, thread)
+    port = {mode: servers[mode][0].server_address[1] for mode in MODES}
+    levels: list[LevelResult] = []
+    bar = tqdm(total=len(config.clients) * 4 + 1, desc="bench serve", disable=not progress)
+    try:
+        for mode in MODES:
+            _post(port[mode], _body(name, urls[0], config.max_tokens))  # warm-up
+        for clients in config.clients:
+            runs: dict[str, list[LevelResult]] = {mode: [] for mode in MODES}
+            half = max(config.requests, 2 * clients) // 2
+            for mode in (*MODES, *reversed(MODES)):  # A B B A: drifts in machine load cancel out
+                runs[mode].append(measure_level(port[mode], name, mode, clients, half, urls, config.max_tokens))
                 bar.update()
-            if mode == "batched":
-                disconnects = [measure_disconnect(port, name, app, urls[i % len(urls)]) for i in range(config.disconnects)]
-                bar.update()
-        finally:
+            for mode in MODES:
+                levels.append(_pooled(runs[mode]))
+        app: ChatApp = servers["batched"][0].app
+        disconnects = [measure_disconnect(port["batched"], name, app, urls[i % len(urls)])
+                       for i in range(config.disconnects)]  # fmt: skip
+        bar.update()
+    finally:
+        for _, stop, thread in servers.values():
             stop.set()
             thread.join(30)
     bar.close()

@@ -789,8 +789,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _client_gone(self) -> bool:
         """True when the client closed or reset its connection (polled while its request runs)."""
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            poller = select.poll()  # not select.select: that fails on descriptors above 1023
+            poller.register(self.connection, select.POLLIN | select.POLLHUP | select.POLLERR)
+            if not poller.poll(0):
+                return False
+            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
         except (OSError, ValueError):
             return True
 
