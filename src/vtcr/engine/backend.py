@@ -93,6 +93,11 @@ class TextStream:
     def push(self, tokens: list[int]) -> bool:
         if not self.stop and self._on_token is None:
             return False  # nothing to watch: the text is decoded once, in finish()
+        if self._on_token is None:  # stop strings only: look at the last few tokens first (a token
+            # carries at least a third of a character, so a stop string spans at most 3 x its length)
+            tail = self._decode(tokens[-(3 * (self._hold + 1) + 8) :])
+            if not any(s in tail for s in self.stop):
+                return False
         self.text = self._decode(tokens)
         if self.stop:
             start = max(0, self._sent - self._hold)
