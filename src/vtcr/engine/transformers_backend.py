@@ -413,7 +413,7 @@ class TransformersBackend:
             **{self._cache_arg: prep.cache},
             **kwargs,
         )
-        return out.logits[0, -1], getattr(out, self._cache_arg)
+        return out.logits[0, -1], _cache_of(out)
 
     def _decode(self, logits: torch.Tensor, cache: Any, prompt: list[int], delta: int, request: GenerationRequest):
         """(tokens, finish_reason, logprobs or None, text) of one sequence decoded from `logits`."""
@@ -500,3 +500,11 @@ class TransformersBackend:
 
 def _cancelled(request: GenerationRequest) -> bool:
     return request.cancel is not None and request.cancel.is_set()
+
+
+def _cache_of(out: Any) -> Any:
+    """The KV cache a forward call returned: `cache` in current transformers, `past_key_values` before."""
+    if hasattr(out, "keys") and "cache" in out.keys():
+        return out["cache"]
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
