@@ -58,7 +58,7 @@ def test_a_verbs_minimal_command_line_gives_the_librarys_default_config(argv, fr
         ("train", TrainConfig, {"data", "model", "out", "progress", "lora", "gradient_checkpointing", "render_preset", "render_config"}),
         ("build-data", BuildConfig, {"source", "preset", "system_prompt", "families", "dataset_name"}),
         ("serve", ServerConfig, {"served_model_name", "max_request_bytes", "prefix_cache", "max_decode_pixels",
-                                 "max_tokens_limit", "read_timeout_s"}),
+                                 "read_timeout_s"}),
     ],
 )  # fmt: skip
 def test_every_flag_that_sets_a_field_defaults_to_the_field(verb, cls, skip):

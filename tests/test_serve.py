@@ -32,6 +32,9 @@ from vtcr.tokens import image_prompt_tokens, vision_tokens
 
 MODEL_NAME = "tiny-qwen3-vl"
 MAX_REQUEST_MB = 4
+CONTEXT = 4096  # --max-model-len: the tiny model's own is 262144
+MAX_IMAGES = 4
+API_KEY = "test-key-1234"
 MAX_IMAGE_PIXELS = 600_000  # above a 573x842 page (482k pixels): pages keep their size, bigger images shrink
 START_TIMEOUT_S = 120
 
@@ -42,12 +45,13 @@ class Served:
         self.base_url = f"http://127.0.0.1:{port}/v1"
 
     def request(self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None):
-        """(status, parsed JSON, headers) of one request on a fresh connection."""
+        """(status, parsed JSON, headers) of one request on a fresh connection (with the API key
+        unless `headers` has an Authorization of its own)."""
         if isinstance(body, dict):
             body = json.dumps(body).encode()
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers={"Authorization": f"Bearer {API_KEY}", **(headers or {})})
             response = conn.getresponse()
             return response.status, json.loads(response.read()), response.headers
         finally:
@@ -79,7 +83,9 @@ def served(tiny_model, tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "vtcr.cli", "serve", "--model", str(tiny_model), "--port", "0",
            "--served-model-name", MODEL_NAME, "--max-request-mb", str(MAX_REQUEST_MB), "--device", "cpu",
-           "--max-image-pixels", str(MAX_IMAGE_PIXELS)]  # fmt: skip
+           "--max-image-pixels", str(MAX_IMAGE_PIXELS), "--max-model-len", str(CONTEXT),
+           "--max-images", str(MAX_IMAGES)]  # fmt: skip
+    env["VTCR_API_KEY"] = API_KEY  # the key from the environment, as a deployment would pass it
     with open(log, "wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     lines: queue.Queue = queue.Queue()
@@ -278,9 +284,20 @@ BAD_BODIES = [
      422, "not a decodable"),
     ("text media type", chat_body([image_part("data:text/plain;base64,aGk=")]), 400, "is not an image"),
     ("audio part", chat_body([{"type": "input_audio", "input_audio": {}}]), 400, "unsupported part type"),
-    ("stream", chat_body("hi", stream=True), 400, "stream=true is not supported"),
-    ("n=2", chat_body("hi", n=2), 400, "n must be 1"),
-    ("stop", chat_body("hi", stop=["\n"]), 400, "stop is not supported"),
+    ("stream not bool", chat_body("hi", stream="yes"), 400, "stream must be true or false"),
+    ("n=0", chat_body("hi", n=0), 400, "n must be an integer [1, 16]"),
+    ("n=17", chat_body("hi", n=17), 400, "n must be an integer [1, 16]"),
+    ("five stops", chat_body("hi", stop=["a", "b", "c", "d", "e"]), 400, "at most 4"),
+    ("empty stop", chat_body("hi", stop=[""]), 400, "non-empty"),
+    ("top_logprobs without logprobs", chat_body("hi", top_logprobs=2), 400, "needs logprobs=true"),
+    ("top_logprobs 21", chat_body("hi", logprobs=True, top_logprobs=21), 400, "top_logprobs must be an integer"),
+    ("stream_options without stream", chat_body("hi", stream_options={"include_usage": True}), 400,
+     "only allowed with stream=true"),
+    ("top_k", chat_body("hi", top_k=-2), 400, "top_k must be an integer"),
+    ("repetition_penalty", chat_body("hi", repetition_penalty=0), 400, "repetition_penalty must be a number"),
+    ("max_tokens over context", chat_body("hi", max_tokens=CONTEXT + 1), 400, f"context length is {CONTEXT}"),
+    ("too many images", chat_body([image_part("data:image/png;base64,x")] * (MAX_IMAGES + 1)), 400,
+     f"at most {MAX_IMAGES} per request"),
     ("max_tokens 0", chat_body("hi", max_tokens=0), 400, "max_tokens must be an integer"),
     ("max_tokens str", chat_body("hi", max_tokens="9"), 400, "max_tokens must be an integer"),
     ("temperature", chat_body("hi", temperature=3), 400, "temperature must be a number"),
@@ -355,6 +372,22 @@ def test_malformed_http_gets_json_error(served):
     assert "Too many headers" in json.loads(body)["error"]["message"]
 
 
+@pytest.mark.parametrize("line", [b"HELLO\r\n\r\n", b"GET /health\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\r\n\r\n",
+                                  b"GET /health HTTP/9.9\r\n\r\n"])
+def test_garbage_request_line_gets_a_status_line(served, line):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", served.port), timeout=30) as sock:
+        sock.sendall(line)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert re.match(rb"HTTP/1\.[01] (400|505|200) ", head), reply[:200]
+    if not head.split()[1] == b"200":  # a bare HTTP/1.0-style "GET /health" is answered
+        assert set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
+
+
 def test_missing_content_length(served):
     conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
     conn.putrequest("POST", "/v1/chat/completions")
@@ -382,7 +415,7 @@ def test_port_in_use_is_reported_with_the_address(served):
 
 
 def test_openai_backend_end_to_end(served, pages):
-    backend = OpenAIBackend(served.base_url, MODEL_NAME, timeout_s=60, max_retries=1, concurrency=3)
+    backend = OpenAIBackend(served.base_url, MODEL_NAME, timeout_s=60, max_retries=1, concurrency=3, api_key=API_KEY)
     messages = [
         {"role": "system", "content": "These images record your previous reasoning process."},
         {"role": "user", "content": [*({"type": "image", "image": p} for p in pages), {"type": "text", "text": QUESTION}]},  # noqa: E501
@@ -423,7 +456,7 @@ def test_reasoning_over_http_renders_the_served_models_pages(served, monkeypatch
         real_init(self, config, backend)
 
     monkeypatch.setattr(Renderer, "__init__", recording_init)
-    backend = OpenAIBackend(served.base_url, MODEL_NAME, timeout_s=60, max_retries=1)
+    backend = OpenAIBackend(served.base_url, MODEL_NAME, timeout_s=60, max_retries=1, api_key=API_KEY)
     assert backend.render_config == preset("vtcr1") and backend.render_config.name == "vtcr1"
     with caplog.at_level("WARNING", logger="vtcr.render.presets"):
         # sampled: the random model's greedy text is blank lines, which render to nothing
@@ -438,7 +471,7 @@ def test_reasoning_over_http_renders_the_served_models_pages(served, monkeypatch
 
 
 def test_openai_backend_surfaces_4xx_from_server(served):
-    backend = OpenAIBackend(served.base_url, "no-such-model", timeout_s=30, max_retries=3, sleep=lambda s: None)
+    backend = OpenAIBackend(served.base_url, "no-such-model", timeout_s=30, max_retries=3, sleep=lambda s: None, api_key=API_KEY)
     with pytest.raises(BackendError, match="HTTP 404: model 'no-such-model' does not exist") as info:
         backend.generate(GenerationRequest([{"role": "user", "content": "hi"}], max_new_tokens=2))
     assert info.value.attempts == 1 and info.value.url == served.base_url + "/chat/completions"
@@ -494,6 +527,284 @@ def test_parse_defaults_and_roles():
     assert request.messages == [{"role": "system", "content": "sys"},
                                 {"role": "user", "content": [{"type": "text", "text": "q"}]}]  # fmt: skip
     assert (request.max_new_tokens, request.temperature, request.top_p, request.seed) == (7, 1.0, 1.0, None)
-    assert parse_chat_request({"messages": [{"role": "user", "content": "q"}]}, ServerConfig()).max_new_tokens == 1024
+    # no max_tokens: what is left of the context (the backend stops at the context length)
+    assert parse_chat_request({"messages": [{"role": "user", "content": "q"}]}, ServerConfig(), 4096).max_new_tokens == 4096
     config = ServerConfig(port=0, served_model_name="x", max_request_bytes=5)
     assert ServerConfig.from_json(config.to_json()) == config
+
+
+# ---- the real `openai` client: streaming, stop, n, logprobs, sampling knobs, refusals ------------
+
+openai = pytest.importorskip("openai")
+SAY = [{"role": "user", "content": "Say something."}]
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return openai.OpenAI(base_url=served.base_url, api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def _streamed(chunks) -> tuple[dict[int, str], dict[int, str], list]:
+    """(text per choice index, finish_reason per index, the chunks) of a chat stream."""
+    texts: dict[int, str] = {}
+    finish: dict[int, str] = {}
+    chunks = list(chunks)
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finish[choice.index] = choice.finish_reason
+    return texts, finish, chunks
+
+
+def test_openai_client_stream_equals_the_plain_answer(client, pages):
+    content = [image_part(data_url(pages[0])), {"type": "text", "text": QUESTION}]
+    kw = dict(model=MODEL_NAME, messages=[{"role": "user", "content": content}], max_tokens=10, temperature=1.0,
+              seed=3)  # fmt: skip
+    plain = client.chat.completions.create(**kw)
+    texts, finish, chunks = _streamed(
+        client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True})
+    )
+    assert texts == {0: plain.choices[0].message.content} and len(texts[0]) > 10
+    assert finish == {0: plain.choices[0].finish_reason}
+    assert chunks[0].object == "chat.completion.chunk" and chunks[0].choices[0].delta.role == "assistant"
+    assert len(chunks) >= 2 + 10  # role, one piece per token or so, finish, usage
+    assert all(c.usage is None for c in chunks[:-1]) and chunks[-1].choices == []
+    usage = chunks[-1].usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (plain.usage.prompt_tokens, plain.usage.completion_tokens)
+    # without include_usage: no usage anywhere, and the raw stream ends with data: [DONE]
+    with client.chat.completions.with_streaming_response.create(**kw, stream=True) as raw:
+        lines = [line for line in raw.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: {") for line in lines[:-1])
+    assert all("usage" not in json.loads(line[6:]) for line in lines[:-1])
+
+
+def test_stop_strings_cut_the_text_streamed_or_not(client):
+    kw = dict(model=MODEL_NAME, messages=SAY, max_tokens=16, temperature=1.0, seed=3)
+    full = client.chat.completions.create(**kw).choices[0].message.content
+    stop = full[len(full) // 2 : len(full) // 2 + 3]  # three characters in the middle of the sampled text
+    assert len(stop) == 3 and full.find(stop) > 0
+    cut = client.chat.completions.create(**kw, stop=[stop, "never-generated-xyz"]).choices[0]
+    assert (cut.message.content, cut.finish_reason) == (full[: full.find(stop)], "stop")
+    texts, finish, _ = _streamed(client.chat.completions.create(**kw, stop=stop, stream=True))
+    assert texts == {0: full[: full.find(stop)]} and finish == {0: "stop"}
+
+
+def test_n_choices_are_the_seeds_seed_plus_i(client):
+    kw = dict(model=MODEL_NAME, messages=SAY, max_tokens=6, temperature=1.0)
+    many = client.chat.completions.create(**kw, n=3, seed=40)
+    singles = [client.chat.completions.create(**kw, seed=40 + i) for i in range(3)]
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    assert [c.message.content for c in many.choices] == [s.choices[0].message.content for s in singles]
+    assert len({c.message.content for c in many.choices}) == 3
+    assert many.usage.prompt_tokens == singles[0].usage.prompt_tokens  # one prompt
+    assert many.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles)
+    texts, finish, _ = _streamed(client.chat.completions.create(**kw, n=2, seed=40, stream=True))
+    assert texts == {i: many.choices[i].message.content for i in range(2)} and set(finish) == {0, 1}
+
+
+def test_logprobs_top_logprobs_and_sampling_knobs(client):
+    kw = dict(model=MODEL_NAME, messages=SAY, max_tokens=8)
+    greedy = client.chat.completions.create(**kw, temperature=0, logprobs=True, top_logprobs=3).choices[0]
+    entries = greedy.logprobs.content
+    assert len(entries) == 8 and "".join(e.token for e in entries) == greedy.message.content
+    for e in entries:
+        tops = [t.logprob for t in e.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True) and tops[0] <= 0
+        assert e.top_logprobs[0].token == e.token and e.logprob == pytest.approx(tops[0])  # greedy: the best one
+        assert bytes(e.bytes).decode() == e.token
+    assert client.chat.completions.create(**kw, temperature=0).choices[0].logprobs is None
+    # top_k=1 samples the most likely token: greedy, whatever the seed
+    top1 = client.chat.completions.create(**kw, temperature=1.0, seed=8, extra_body={"top_k": 1})
+    assert top1.choices[0].message.content == greedy.message.content
+    # the random model's greedy text repeats one token; a strong repetition penalty forbids repeats
+    assert len({e.token for e in entries}) < 8
+    penalized = client.chat.completions.create(**kw, temperature=0, logprobs=True,
+                                               extra_body={"repetition_penalty": 10.0}).choices[0]  # fmt: skip
+    assert len({e.token for e in penalized.logprobs.content}) == 8
+
+
+@pytest.mark.parametrize(
+    "param, kwargs",
+    [("frequency_penalty", {"frequency_penalty": 0.5}), ("presence_penalty", {"presence_penalty": -1}),
+     ("logit_bias", {"logit_bias": {"100": 5}}), ("response_format", {"response_format": {"type": "json_object"}}),
+     ("tools", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
+     ("tool_choice", {"tool_choice": "required"}), ("min_p", {"extra_body": {"min_p": 0.1}}),
+     ("best_of", {"extra_body": {"best_of": 2}}), ("guided_json", {"extra_body": {"guided_json": {}}})],
+)  # fmt: skip
+def test_unimplemented_parameters_are_refused_by_name(client, param, kwargs):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL_NAME, messages=SAY, max_tokens=2, **kwargs)
+    assert info.value.param == param and info.value.code == "unsupported_parameter" and param in str(info.value)
+
+
+def test_no_op_values_of_unimplemented_parameters_are_accepted(client):
+    out = client.chat.completions.create(model=MODEL_NAME, messages=SAY, max_tokens=2, frequency_penalty=0,
+                                         presence_penalty=0.0, response_format={"type": "text"}, user="u1")  # fmt: skip
+    assert out.choices[0].finish_reason in ("stop", "length")
+
+
+def test_api_key_is_required_on_v1_but_not_health(served):
+    wrong = openai.OpenAI(base_url=served.base_url, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as info:
+        wrong.models.list()
+    assert info.value.code == "invalid_api_key" and "not the server's API key" in str(info.value)
+    for headers in ({"Authorization": ""}, {"Authorization": f"Basic {API_KEY}"}):
+        status, data, got = served.request("POST", "/v1/chat/completions", chat_body("hi"), headers)
+        assert status == 401 and got["WWW-Authenticate"] == "Bearer" and data["error"]["code"] == "invalid_api_key"
+    assert served.request("GET", "/health", headers={"Authorization": ""})[:2] == (200, {"status": "ok"})
+
+
+def test_models_retrieve_and_context_length(client, qwen3_tokenizer):
+    model = client.models.retrieve(MODEL_NAME)
+    assert model.id == MODEL_NAME and model.max_model_len == CONTEXT
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("other")
+    # A prompt over the context length: 400 naming its length and the limit, streamed or not.
+    text = "word " * CONTEXT
+    prompt = f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+    n_prompt = len(qwen3_tokenizer.encode(prompt, add_special_tokens=False).ids)
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": text}],
+                                           max_tokens=4, stream=stream)  # fmt: skip
+        assert info.value.code == "context_length_exceeded" and info.value.param == "messages"
+        assert f"the prompt is {n_prompt} tokens" in str(info.value) and f"context length is {CONTEXT}" in str(info.value)
+    # No max_tokens: the answer may run to the end of the context; a prompt that leaves 3 tokens gets 3.
+    short = "word " * (CONTEXT - 20)
+    n_short = len(qwen3_tokenizer.encode(f"<|im_start|>user\n{short}<|im_end|>\n<|im_start|>assistant\n",
+                                         add_special_tokens=False).ids)  # fmt: skip
+    short += "word " * (CONTEXT - 3 - n_short)
+    out = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": short}],
+                                         temperature=0, extra_body={"repetition_penalty": 10.0})  # fmt: skip
+    assert out.usage.prompt_tokens == CONTEXT - 3
+    assert (out.usage.completion_tokens, out.choices[0].finish_reason) == (3, "length")
+
+
+# ---- concurrency, time limit and cancellation, in process over a real socket ---------------------
+
+
+class _TickingBackend:
+    """Honours the backend contract with a clock instead of a model: one token ("t ") every `tick`
+    seconds through on_token, stops when cancel is set; records how many calls overlap."""
+
+    name = "ticking"
+
+    def __init__(self, concurrency: int, tick: float = 0.01) -> None:
+        self.concurrency, self.tick = concurrency, tick
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+        self.cancelled_after: list[int] = []
+
+    def generate(self, request):
+        from vtcr.engine.backend import GenerationResult
+
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        tokens, finish = 0, "length"
+        try:
+            while tokens < request.max_new_tokens:
+                if request.cancel is not None and request.cancel.is_set():
+                    finish = "cancelled"
+                    self.cancelled_after.append(tokens)
+                    break
+                time.sleep(self.tick)
+                tokens += 1
+                if request.on_token:
+                    request.on_token("t ")
+        finally:
+            with self.lock:
+                self.running -= 1
+        return GenerationResult("t " * tokens, tokens, 3, 3, 0, finish, tokens * self.tick)
+
+    def release(self, prefix_key):
+        pass
+
+
+@pytest.fixture
+def ticking_server():
+    servers = []
+
+    def start(backend, **config):
+        httpd = make_server(backend, ServerConfig(port=0, served_model_name="tick", **config))
+        stop = threading.Event()
+        from vtcr.engine.server import run_server
+
+        thread = threading.Thread(target=run_server, args=(httpd,), kwargs={"stop": stop, "announce": lambda m: None},
+                                  daemon=True)  # fmt: skip
+        thread.start()
+        servers.append((stop, thread))
+        return f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+    yield start
+    for stop, thread in servers:
+        stop.set()
+        thread.join(15)
+
+
+@pytest.mark.parametrize("concurrency, cap, expected", [(4, None, 4), (4, 1, 1)])
+def test_concurrent_requests_reach_the_backend_concurrently(ticking_server, concurrency, cap, expected):
+    backend = _TickingBackend(concurrency)
+    url = ticking_server(backend, max_concurrency=cap)
+    client = openai.OpenAI(base_url=url, api_key="-", max_retries=0)
+    with __import__("concurrent.futures").futures.ThreadPoolExecutor(6) as pool:
+        outs = list(pool.map(lambda _: client.chat.completions.create(model="tick", messages=SAY, max_tokens=10), range(6)))
+    assert [o.choices[0].message.content for o in outs] == ["t " * 10] * 6
+    assert backend.most == expected
+
+
+def test_time_limit_gives_504_and_stops_the_generation(ticking_server):
+    backend = _TickingBackend(2)
+    url = ticking_server(backend, request_timeout_s=0.3)
+    client = openai.OpenAI(base_url=url, api_key="-", max_retries=0)
+    t0 = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="tick", messages=SAY, max_tokens=10_000)
+    assert info.value.status_code == 504 and "time limit of 0.3 s" in str(info.value)
+    assert time.monotonic() - t0 < 2 and backend.cancelled_after and backend.cancelled_after[0] < 60
+    # streaming: the stream ends with an error event, then [DONE]
+    with client.chat.completions.with_streaming_response.create(model="tick", messages=SAY, max_tokens=10_000,
+                                                                stream=True) as raw:  # fmt: skip
+        lines = [line for line in raw.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["error"]["code"] == "timeout"
+    assert len(backend.cancelled_after) == 2
+
+
+def test_client_disconnect_cancels_within_a_few_tokens(ticking_server):
+    backend = _TickingBackend(2)
+    url = ticking_server(backend)
+    client = openai.OpenAI(base_url=url, api_key="-", max_retries=0)
+    stream = client.chat.completions.create(model="tick", messages=SAY, max_tokens=10_000, stream=True)
+    for _, _chunk in zip(range(3), stream):
+        pass
+    gone = time.monotonic()
+    stream.close()
+    while not backend.cancelled_after and time.monotonic() - gone < 5:
+        time.sleep(0.005)
+    assert backend.cancelled_after, "the generation went on after the client left"
+    assert time.monotonic() - gone < 0.5 and backend.cancelled_after[0] < 50
+    # non-streaming: the client times out and closes; the server notices while the request waits
+    with pytest.raises(openai.APITimeoutError):
+        client.with_options(timeout=0.3).chat.completions.create(model="tick", messages=SAY, max_tokens=10_000)
+    deadline = time.monotonic() + 5
+    while len(backend.cancelled_after) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(backend.cancelled_after) == 2 and backend.cancelled_after[1] < 100
+
+
+@pytest.mark.parametrize("stop", ["</answer>", "世界", "wör", "never"])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_text_stream_cuts_at_stop_strings_and_streams_the_same_text(qwen3_tokenizer, stop, streaming):
+    from vtcr.engine.backend import TextStream
+
+    text = "Hello wörld 你好世界, the answer is </answer> and more text 学院"
+    ids = qwen3_tokenizer.encode(text, add_special_tokens=False).ids
+    pieces: list[str] = []
+    stream = TextStream(qwen3_tokenizer.decode, (stop,), pieces.append if streaming else None)
+    k = next((k for k in range(1, len(ids) + 1) if stream.push(ids[:k])), len(ids))
+    final = stream.finish(ids[:k])
+    assert final == (text[: text.find(stop)] if stop in text else text)
+    assert stream.stopped == (stop in text) and (k < len(ids)) == (stop in text)
+    if streaming:
+        assert "".join(pieces) == final and all(pieces) and "\ufffd" not in "".join(pieces)

@@ -30,6 +30,7 @@ break the next prompt); `<think>` / `</think>` are plain tokens in vtcr tokenize
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import threading
 import time
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backend import GenerationRequest, GenerationResult
+from .backend import ContextLengthError, GenerationRequest, GenerationResult, TextStream
 
 
 def image_digest(img: Any) -> str:
@@ -96,8 +97,11 @@ def top_p_floor(probs: torch.Tensor, top_p: float) -> float:
     return float(vals[int((before < top_p).sum()) - 1])
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """One token from next-token `logits` (1-D): greedy at temperature 0, else temperature + top-p.
+def sample_token(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator, top_k: int = 0
+) -> int:
+    """One token from next-token `logits` (1-D): greedy at temperature 0, else temperature, top-k
+    (k > 0 keeps the k most likely tokens) and top-p.
 
     Drawn as argmax(p / E) with E ~ Exp(1) i.i.d. from `generator` (an exponential race, the
     Gumbel-max trick), which samples exactly from p and, unlike inverting a cumulative sum over 150k
@@ -106,10 +110,22 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
     if temperature <= 0:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if 0 < top_k < probs.numel():
+        probs = torch.where(probs >= torch.topk(probs, top_k).values[-1], probs, 0.0)
+        probs = probs / probs.sum()
     if top_p < 1.0:
         probs = torch.where(probs >= top_p_floor(probs, top_p), probs, 0.0)
     race = torch.empty_like(probs).exponential_(1.0, generator=generator)
     return int(torch.argmax(probs / race))
+
+
+def penalize_repetition(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """`logits` with the tokens in `seen` (ids) made less likely: positive logits divided by
+    `penalty`, negative ones multiplied (transformers' and vLLM's repetition_penalty)."""
+    picked = logits[seen]
+    out = logits.clone()
+    out[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return out
 
 
 def _crop(cache: Any, keep: int) -> None:
@@ -152,7 +168,14 @@ class TransformersBackend:
     kept at once (least recently used dropped first). max_image_pixels: cap on each image's resized
     area (`from_pretrained` takes the checkpoint's `vtcr.json` value, so inference sees images as
     training did). render_config: the pages the model was trained to read (`from_pretrained`: its
-    vtcr.json; None when unknown), which the engine renders optical memory with.
+    vtcr.json; None when unknown), which the engine renders optical memory with. context_length:
+    the most prompt + output tokens per sequence (default and upper bound: the model config's
+    max_position_embeddings); a longer prompt raises `ContextLengthError` before any model call.
+
+    Every GenerationRequest field is honoured: stop strings, top_k, repetition_penalty (over the
+    prompt and the output), logprobs (of the model's raw distribution, before temperature and
+    filtering), on_token (text pieces as decoded, stop strings held back) and cancel (checked before
+    prefill and before each decode step).
     """
 
     concurrency = 1
@@ -168,6 +191,7 @@ class TransformersBackend:
         prefix_cache: bool = True,
         max_prefixes: int = 64,
         record_logprobs: bool = False,
+        context_length: int | None = None,
     ):
         inner = getattr(model, "model", model)
         if not callable(getattr(inner, "get_rope_index", None)):
@@ -185,6 +209,13 @@ class TransformersBackend:
         self.max_prefixes = max_prefixes
         self.record_logprobs = record_logprobs
         self._rope_index = inner.get_rope_index
+        text_config = getattr(model.config, "text_config", model.config)
+        model_len = int(getattr(text_config, "max_position_embeddings", 0) or 0) or None
+        if context_length is not None and context_length < 2:
+            raise ValueError(f"context_length must be at least 2, got {context_length}")
+        self.context_length = min(x for x in (context_length, model_len) if x) if (context_length or model_len) else None
+        # transformers >= 5.2x names the KV cache argument `cache` (and deprecates `past_key_values`)
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.device = next(model.parameters()).device
         self.image_token = processor.image_token
         self.image_token_id = int(model.config.image_token_id)
@@ -242,15 +273,15 @@ class TransformersBackend:
             raise ValueError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
         start = time.perf_counter()
         with self._lock, torch.inference_mode():
+            if _cancelled(request):  # gave up while waiting for the model: nothing computed
+                return GenerationResult("", 0, 0, 0, 0, "cancelled", time.perf_counter() - start)
             prep = self._prepare(request)
             t_prefill = time.perf_counter()
             logits, cache = self._prefill(prep)
             t_decode = time.perf_counter()
-            tokens, finish, logprobs = self._decode(logits, cache, len(prep.ids), prep.delta, request)
+            tokens, finish, logprobs, text = self._decode(logits, cache, prep.ids, prep.delta, request)
             self._store(request, prep, cache, tokens)
         end = time.perf_counter()
-        body = tokens[:-1] if finish == "stop" else tokens
-        text = self.processor.tokenizer.decode(body, skip_special_tokens=True)
         return GenerationResult(
             text=text,
             generated_tokens=len(tokens),
@@ -262,7 +293,7 @@ class TransformersBackend:
             preprocess_seconds=prep.preprocess_s,
             extra={
                 "prefill_s": t_decode - t_prefill, "decode_s": end - t_decode, "reused_tokens": prep.reuse,
-                "token_ids": tokens, **({"logprobs": logprobs} if self.record_logprobs else {}),
+                "token_ids": tokens, **({"logprobs": logprobs} if logprobs is not None else {}),
             },
         )  # fmt: skip
 
@@ -322,6 +353,8 @@ class TransformersBackend:
         grids = (state.grids[:m] if state is not None else []) + new_grids
         preprocess_s = time.perf_counter() - t0
         ids = self._tokenize(text, grids)
+        if self.context_length is not None and len(ids) >= self.context_length:
+            raise ContextLengthError(len(ids), self.context_length)
         runs = image_runs(ids, self.image_token_id)
         if [n for _, n in runs] != [self._n_tokens(g) for g in grids]:
             raise ValueError("image placeholder runs in the prompt do not match the images (adjacent images?)")
@@ -375,41 +408,78 @@ class TransformersBackend:
             input_ids=ids_t[:, r:],
             mm_token_type_ids=(ids_t[:, r:] == self.image_token_id).int(),
             position_ids=positions[:, :, r:],
-            past_key_values=prep.cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_arg: prep.cache},
             **kwargs,
         )
-        return out.logits[0, -1], out.past_key_values
+        return out.logits[0, -1], _cache_of(out)
 
-    def _decode(self, logits: torch.Tensor, cache: Any, length: int, delta: int, request: GenerationRequest):
+    def _decode(self, logits: torch.Tensor, cache: Any, prompt: list[int], delta: int, request: GenerationRequest):
+        """(tokens, finish_reason, logprobs or None, text) of one sequence decoded from `logits`."""
         generator = torch.Generator(device=self.device)
         if request.seed is None:
             generator.seed()
         else:
             generator.manual_seed(int(request.seed))
+        tokenizer = self.processor.tokenizer
+        stream = TextStream(lambda ids: tokenizer.decode(ids, skip_special_tokens=True), request.stop,
+                            request.on_token)  # fmt: skip
+        limit = request.max_new_tokens
+        if self.context_length is not None:
+            limit = min(limit, self.context_length - len(prompt))
+        top = request.logprobs
+        penalty = request.repetition_penalty
+        seen = torch.tensor(sorted(set(prompt)), dtype=torch.long, device=self.device) if penalty != 1.0 else None
         tokens: list[int] = []
-        logprobs: list[float] = []
-        position = length
+        logprobs: list[Any] | None = [] if top is not None or self.record_logprobs else None
+        position = len(prompt)
+        finish = "length"
         while True:
-            token = sample_token(logits, request.temperature, request.top_p, generator)
+            if _cancelled(request):
+                finish = "cancelled"
+                break
+            if seen is not None:
+                logits = penalize_repetition(logits, seen, penalty)
+            token = sample_token(logits, request.temperature, request.top_p, generator, request.top_k)
             tokens.append(token)
-            if self.record_logprobs:
+            if top is not None:  # the request's: per token, its entry with the top alternatives
+                logprobs.append(self._logprob_entry(logits, token, top))
+            elif logprobs is not None:  # record_logprobs: the sampled token's log-probability only
                 logprobs.append(float(torch.log_softmax(logits.float(), dim=-1)[token]))
             if token in self.stop_ids:
-                return tokens, "stop", logprobs
-            if len(tokens) >= request.max_new_tokens:
-                return tokens, "length", logprobs
+                finish = "stop"
+                break
+            if stream.push(tokens):
+                finish = "stop"
+                break
+            if len(tokens) >= limit:
+                break
+            if seen is not None and not bool((seen == token).any()):
+                seen = torch.cat([seen, torch.tensor([token], device=self.device)])
             text_pos = torch.tensor([position], device=self.device).view(1, 1, 1)
             position_ids = torch.cat([text_pos, (text_pos + delta).expand(3, 1, 1)], dim=0)
             out = self.model(
                 input_ids=torch.tensor([[token]], device=self.device),
                 position_ids=position_ids,
-                past_key_values=cache,
                 use_cache=True,
+                **{self._cache_arg: cache},
             )
             logits = out.logits[0, -1]
             position += 1
+        text = stream.finish(tokens[:-1] if tokens and tokens[-1] in self.stop_ids else tokens)
+        return tokens, finish, logprobs, text
+
+    def _logprob_entry(self, logits: torch.Tensor, token: int, top: int) -> dict[str, Any]:
+        """The sampled token's log-probability and the `top` most likely tokens (raw distribution)."""
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        decode = self.processor.tokenizer.decode
+        entry: dict[str, Any] = {"id": token, "token": decode([token]), "logprob": float(lp[token]), "top": []}
+        if top > 0:
+            values, ids = torch.topk(lp, min(top, lp.numel()))
+            entry["top"] = [{"id": int(i), "token": decode([int(i)]), "logprob": float(v)}
+                            for v, i in zip(values.tolist(), ids.tolist())]  # fmt: skip
+        return entry
 
     def _store(self, request: GenerationRequest, prep: _Prepared, cache: Any, tokens: list[int]) -> None:
         key = request.prefix_key
@@ -426,3 +496,15 @@ class TransformersBackend:
             self._prefixes.move_to_end(key)
             while len(self._prefixes) > self.max_prefixes:
                 self._prefixes.popitem(last=False)
+
+
+def _cancelled(request: GenerationRequest) -> bool:
+    return request.cancel is not None and request.cancel.is_set()
+
+
+def _cache_of(out: Any) -> Any:
+    """The KV cache a forward call returned: `cache` in current transformers, `past_key_values` before."""
+    if hasattr(out, "keys") and "cache" in out.keys():
+        return out["cache"]
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
