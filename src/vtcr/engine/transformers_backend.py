@@ -340,6 +340,7 @@ class _Row:
     stop_id: bool = False
     error: BaseException | None = None
     decode_start: float = 0.0
+    widest: int = 0  # most rows in one of its decode steps
 
     @property
     def position(self) -> int:
@@ -658,6 +659,7 @@ class TransformersBackend:
         for b, r in enumerate(rows):
             r.logits = logits[b]
             r.fed += 1
+            r.widest = max(r.widest, n)
 
     def _retire(self, row: _Row, batch: _Batch) -> None:
         """Hand a finished row its result (or error) and keep its prefix cache."""
@@ -695,7 +697,7 @@ class TransformersBackend:
         extra: dict[str, Any] = {
             "prefill_s": row.prefill_s, "decode_s": end - row.decode_start, "queue_s": row.started - row.job.queued,
             "reused_tokens": len(prep.ids) if row.shared else prep.reuse, "shared_prefill": row.shared,
-            "token_ids": list(row.tokens),
+            "batch_rows": row.widest, "token_ids": list(row.tokens),
         }  # fmt: skip
         if request.logprobs is not None or self.record_logprobs:
             extra["logprobs"] = row.logprobs
