@@ -16,7 +16,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from vtcr.engine import EngineConfig, GenerationRequest, TransformersBackend, round_messages  # noqa: E402
+from vtcr.engine import (  # noqa: E402
+    EngineConfig,
+    GenerationRequest,
+    TransformersBackend,
+    open_backend,
+    reason_many,
+    round_messages,
+)
 from vtcr.engine.transformers_backend import _TextStream, apply_repetition_penalty  # noqa: E402
 from vtcr.models import build_inputs, init_model  # noqa: E402
 from vtcr.render import Renderer, preset  # noqa: E402
@@ -29,15 +36,20 @@ QUESTIONS = ("Find the sum of all positive divisors of 36.", "How many primes ar
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, qwen3_tokenizer_dir):
-    """Per architecture: a batched backend (width 4) and a one-at-a-time backend over one model."""
+    """Per architecture: a batched backend (width 4) and a one-at-a-time backend of one checkpoint."""
     root = tmp_path_factory.mktemp("batched_models")
     out = {}
     for arch in ARCHS:
-        batched = TransformersBackend.from_pretrained(init_model(arch, "tiny", qwen3_tokenizer_dir, root / arch, seed=0),
-                                                      device="cpu", batch_size=4)  # fmt: skip
-        alone = TransformersBackend(batched.model, batched.processor, batch_size=1)
+        path = init_model(arch, "tiny", qwen3_tokenizer_dir, root / arch, seed=0)
+        batched = TransformersBackend.from_pretrained(path, device="cpu", batch_size=4)
+        alone = TransformersBackend.from_pretrained(path, device="cpu", batch_size=1)  # same weights, pages, pixels
         out[arch] = batched, alone
     return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(models):
+    return models["qwen3-vl"][0].name  # from_pretrained names a backend by its folder
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +253,26 @@ def test_bad_fields_are_refused(models):
             backend.generate(req(QUESTIONS[0], [], **{field: value}))
     with pytest.raises(ValueError, match="batch_size"):
         TransformersBackend(backend.model, backend.processor, batch_size=0)
+
+
+def test_engine_rounds_decode_together(models, model_dir, monkeypatch):
+    """reason_many keeps `concurrency` rounds in flight and they share decode steps; the records are
+    those of one-at-a-time decoding. `vtcr eval --concurrency` (open_backend) sets the width."""
+    batched, alone = models["glm-4.1v"]
+    widths: list[int] = []
+    generate = batched.generate
+
+    def logged(request):
+        result = generate(request)
+        widths.append(result.extra["batch_rows"])
+        return result
+
+    monkeypatch.setattr(batched, "generate", logged)
+    config = EngineConfig(max_rounds=2, round_tokens=4, temperature=0.0)
+    questions = list(QUESTIONS)
+    many = reason_many(questions, batched, config)
+    solo = reason_many(questions, alone, config)
+    assert max(widths) == 2 and len(widths) == 4
+    for a, b in zip(many, solo):
+        assert [(r.text, r.prompt_tokens, r.images) for r in a.rounds] == [(r.text, r.prompt_tokens, r.images) for r in b.rounds]
+    assert open_backend(model_dir, device="cpu", concurrency=3).concurrency == 3
