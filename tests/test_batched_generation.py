@@ -24,6 +24,7 @@ from vtcr.engine import (  # noqa: E402
     reason_many,
     round_messages,
 )
+from vtcr.engine.backend import ContextLengthError  # noqa: E402
 from vtcr.engine.transformers_backend import _TextStream, apply_repetition_penalty  # noqa: E402
 from vtcr.models import build_inputs, init_model  # noqa: E402
 from vtcr.render import Renderer, preset  # noqa: E402
@@ -253,6 +254,16 @@ def test_bad_fields_are_refused(models):
             backend.generate(req(QUESTIONS[0], [], **{field: value}))
     with pytest.raises(ValueError, match="batch_size"):
         TransformersBackend(backend.model, backend.processor, batch_size=0)
+    short = TransformersBackend(backend.model, backend.processor, context_length=40)
+    with pytest.raises(ContextLengthError, match="context length is 40"):
+        short.generate(req(QUESTIONS[0], [], max_new_tokens=4))
+    fits = TransformersBackend(backend.model, backend.processor, context_length=short_prompt(backend) + 3)
+    r = fits.generate(req("Hi", [], max_new_tokens=50, temperature=1.0, seed=0))
+    assert (r.generated_tokens, r.finish_reason) == (3, "length")
+
+
+def short_prompt(backend) -> int:
+    return backend.generate(req("Hi", [], max_new_tokens=1)).prompt_tokens
 
 
 def test_engine_rounds_decode_together(models, model_dir, monkeypatch):

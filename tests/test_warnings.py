@@ -29,7 +29,7 @@ from warning_probe import is_deprecation, record_notices, vtcr_caused  # noqa: E
 
 PROBE = Path(__file__).resolve().parent / "warning_probe.py"
 VTCR_SRC = str(Path(vtcr.__file__).resolve().parent) + os.sep
-ENGINE_DECODE = os.path.join("engine", "transformers_backend.py")  # the decode loop the serve branch rewrites
+ENGINE_DECODE = os.path.join("engine", "transformers_backend.py")  # the engine's own decode loop
 
 
 def probe(cwd: Path, argv: list[str]) -> list[dict]:
@@ -88,7 +88,6 @@ def test_reason_causes_no_deprecation_warning_outside_the_decode_loop(reason_not
     assert not others, "vtcr reason causes deprecation warnings:\n" + described(others)
 
 
-@pytest.mark.xfail(reason="fixed on the serve branch", strict=True)
 def test_reason_decode_loop_uses_current_transformers_arguments(reason_notices):
     decode = [n for n in reason_notices if in_engine_decode(n)]
     assert not decode, "the engine's model calls use deprecated arguments:\n" + described(decode)

@@ -59,6 +59,18 @@ class GenerationResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class ContextLengthError(ValueError):
+    """The prompt leaves no room for output within the model's context length."""
+
+    def __init__(self, prompt_tokens: int, context_length: int) -> None:
+        super().__init__(
+            f"the prompt is {prompt_tokens} tokens; this model's context length is {context_length} tokens "
+            "(prompt and output together), so nothing can be generated: shorten the messages or send fewer images"
+        )
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
+
+
 class Backend(Protocol):
     """Optional attributes the engine reads when present: `concurrency` (int: how many generate
     calls may run at once from different threads; default 1), `render_config` (RenderConfig or

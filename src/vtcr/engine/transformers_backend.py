@@ -78,6 +78,7 @@ break the next prompt); `<think>` / `</think>` are plain tokens in vtcr tokenize
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import threading
 import time
@@ -88,7 +89,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backend import GenerationRequest, GenerationResult
+from .backend import ContextLengthError, GenerationRequest, GenerationResult
 
 
 def image_digest(img: Any) -> str:
@@ -410,7 +411,9 @@ class TransformersBackend:
     used dropped first). max_image_pixels: cap on each image's resized area (`from_pretrained` takes
     the checkpoint's `vtcr.json` value, so inference sees images as training did). render_config:
     the pages the model was trained to read (`from_pretrained`: its vtcr.json; None when unknown),
-    which the engine renders optical memory with.
+    which the engine renders optical memory with. context_length: the most prompt + output tokens
+    per sequence (default and upper bound: the model config's max_position_embeddings); a longer
+    prompt raises `ContextLengthError` before any model call, and output stops ("length") there.
     """
 
     def __init__(
@@ -425,6 +428,7 @@ class TransformersBackend:
         max_prefixes: int = 64,
         record_logprobs: bool = False,
         batch_size: int = 8,
+        context_length: int | None = None,
     ):
         inner = getattr(model, "model", model)
         if not callable(getattr(inner, "get_rope_index", None)):
@@ -445,6 +449,13 @@ class TransformersBackend:
         self.record_logprobs = record_logprobs
         self.batch_size = batch_size
         self.concurrency = batch_size  # the engine keeps this many generate calls in flight
+        text_config = getattr(model.config, "text_config", model.config)
+        model_len = int(getattr(text_config, "max_position_embeddings", 0) or 0) or None
+        if context_length is not None and context_length < 2:
+            raise ValueError(f"context_length must be at least 2, got {context_length}")
+        self.context_length = min(x for x in (context_length, model_len) if x) if (context_length or model_len) else None
+        # transformers >= 5.2x names the KV cache argument `cache` (and deprecates `past_key_values`)
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self._rope_index = inner.get_rope_index
         self.device = next(model.parameters()).device
         self.image_token = processor.image_token
@@ -686,7 +697,10 @@ class TransformersBackend:
         if row.stream is not None and row.stream.push(token):
             row.finish = "stop"
             return
-        if len(row.tokens) >= row.job.request.max_new_tokens:
+        limit = row.job.request.max_new_tokens
+        if self.context_length is not None:
+            limit = min(limit, self.context_length - len(row.prep.ids))
+        if len(row.tokens) >= limit:
             row.finish = "length"
 
     def _forward(self, batch: _Batch) -> None:
@@ -700,10 +714,10 @@ class TransformersBackend:
             input_ids=ids,
             position_ids=position_ids,
             attention_mask=batch.attention_mask(self.device),
-            past_key_values=batch.cache,
             use_cache=True,
+            **{self._cache_arg: batch.cache},
         )
-        batch.cache = out.past_key_values
+        batch.cache = getattr(out, self._cache_arg)
         batch.length += 1
         logits = out.logits[:, -1]
         for b, r in enumerate(rows):
@@ -813,6 +827,8 @@ class TransformersBackend:
         grids = (state.grids[:m] if state is not None else []) + new_grids
         preprocess_s = time.perf_counter() - t0
         ids = self._tokenize(text, grids)
+        if self.context_length is not None and len(ids) >= self.context_length:
+            raise ContextLengthError(len(ids), self.context_length)
         runs = image_runs(ids, self.image_token_id)
         if [n for _, n in runs] != [self._n_tokens(g) for g in grids]:
             raise ValueError("image placeholder runs in the prompt do not match the images (adjacent images?)")
@@ -866,12 +882,12 @@ class TransformersBackend:
             input_ids=ids_t[:, r:],
             mm_token_type_ids=(ids_t[:, r:] == self.image_token_id).int(),
             position_ids=positions[:, :, r:],
-            past_key_values=prep.cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_arg: prep.cache},
             **kwargs,
         )
-        return out.logits[0, -1], out.past_key_values
+        return out.logits[0, -1], getattr(out, self._cache_arg)
 
     def _store(self, key: str | None, keep_generated: bool, prep: _Prepared, cache: Any, generated: list[int]) -> None:
         """Keep `cache` as `key`'s prefix: the prompt, plus (`keep_generated`, the `text` mode, whose
