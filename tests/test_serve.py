@@ -791,20 +791,3 @@ def test_client_disconnect_cancels_within_a_few_tokens(ticking_server):
     while len(backend.cancelled_after) < 2 and time.monotonic() < deadline:
         time.sleep(0.005)
     assert len(backend.cancelled_after) == 2 and backend.cancelled_after[1] < 100
-
-
-@pytest.mark.parametrize("stop", ["</answer>", "世界", "wör", "never"])
-@pytest.mark.parametrize("streaming", [False, True])
-def test_text_stream_cuts_at_stop_strings_and_streams_the_same_text(qwen3_tokenizer, stop, streaming):
-    from vtcr.engine.backend import TextStream
-
-    text = "Hello wörld 你好世界, the answer is </answer> and more text 学院"
-    ids = qwen3_tokenizer.encode(text, add_special_tokens=False).ids
-    pieces: list[str] = []
-    stream = TextStream(qwen3_tokenizer.decode, (stop,), pieces.append if streaming else None)
-    k = next((k for k in range(1, len(ids) + 1) if stream.push(ids[:k])), len(ids))
-    final = stream.finish(ids[:k])
-    assert final == (text[: text.find(stop)] if stop in text else text)
-    assert stream.stopped == (stop in text) and (k < len(ids)) == (stop in text)
-    if streaming:
-        assert "".join(pieces) == final and all(pieces) and "\ufffd" not in "".join(pieces)

@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     runtime.add_argument("--device", help="device for --model (default cuda when available)")
     runtime.add_argument("--dtype", help="dtype for --model (default bf16 on GPU, fp32 on CPU)")
     for flag, name, kind, text in (
-        ("--concurrency", "concurrency", int, "requests in flight with --server"),
+        ("--concurrency", "concurrency", int, "requests in flight: rows decoded together with --model, HTTP requests with --server"),
         ("--render-workers", "render_workers", int, "rendering threads"),
         ("--grade-timeout", "grade_timeout_s", float, "seconds per symbolic comparison"),
     ):

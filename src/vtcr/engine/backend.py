@@ -71,62 +71,6 @@ class ContextLengthError(ValueError):
         self.context_length = context_length
 
 
-class TextStream:
-    """Output text of a growing token list, for backends: stop strings and streaming in one place.
-
-    Call `push(tokens)` after each generated token (all output tokens so far, end-of-turn token
-    excluded); it returns True once a stop string appears, and the text then ends before it. Pieces
-    go to `on_token` as soon as they cannot be the start of a stop string (and are not a half-decoded
-    character); `finish()` sends the rest and returns the whole text.
-    """
-
-    def __init__(self, decode: Callable[[list[int]], str], stop: tuple[str, ...] = (),
-                 on_token: Callable[[str], None] | None = None) -> None:  # fmt: skip
-        self._decode = decode
-        self.stop = tuple(s for s in stop if s)
-        self._hold = max((len(s) for s in self.stop), default=1) - 1
-        self._on_token = on_token
-        self.text = ""
-        self.stopped = False
-        self._sent = 0
-
-    def push(self, tokens: list[int]) -> bool:
-        if not self.stop and self._on_token is None:
-            return False  # nothing to watch: the text is decoded once, in finish()
-        if self._on_token is None:  # stop strings only: look at the last few tokens first (a token
-            # carries at least a third of a character, so a stop string spans at most 3 x its length)
-            tail = self._decode(tokens[-(3 * (self._hold + 1) + 8) :])
-            if not any(s in tail for s in self.stop):
-                return False
-        self.text = self._decode(tokens)
-        if self.stop:
-            start = max(0, self._sent - self._hold)
-            found = [i for s in self.stop if (i := self.text.find(s, start)) >= 0]
-            if found:
-                self.text = self.text[: min(found)]
-                self.stopped = True
-                self._send(len(self.text))
-                return True
-        safe = len(self.text) - self._hold
-        if self.text.endswith("\ufffd"):  # a character whose bytes are not all generated yet
-            safe = min(safe, len(self.text) - 1)
-        self._send(safe)
-        return False
-
-    def finish(self, tokens: list[int]) -> str:
-        """The final text of `tokens` (cut at the stop string if one was found); sends what is left."""
-        if not self.stopped:
-            self.text = self._decode(tokens)
-        self._send(len(self.text))
-        return self.text
-
-    def _send(self, upto: int) -> None:
-        if upto > self._sent:
-            piece, self._sent = self.text[self._sent : upto], upto
-            if self._on_token is not None:
-                self._on_token(piece)
-
-
 class Backend(Protocol):
     """Optional attributes the engine and `vtcr serve` read when present: `concurrency` (int: how
     many generate calls may run at once from different threads; default 1), `context_length` (int:

@@ -21,7 +21,9 @@ def open_backend(
 ) -> Backend:
     """The backend a user names: a checkpoint folder or hub id run in-process (`TransformersBackend`),
     or an OpenAI-compatible server (`OpenAIBackend`: vllm serve, SGLang, vtcr serve) with the name it
-    serves the model under. Raises ValueError naming what is missing."""
+    serves the model under. concurrency: requests in flight -- HTTP requests to a server, or rows
+    the transformers backend decodes together (its `batch_size`). Raises ValueError naming what is
+    missing."""
     if server is not None:
         if model is not None:
             raise ValueError("give either a model (in-process) or a server, not both")
@@ -37,4 +39,4 @@ def open_backend(
         raise ValueError("no model: give --model PATH, or --server URL with --served-model NAME")
     from .transformers_backend import TransformersBackend
 
-    return TransformersBackend.from_pretrained(model, device=device, dtype=dtype)
+    return TransformersBackend.from_pretrained(model, device=device, dtype=dtype, batch_size=concurrency)

@@ -267,8 +267,8 @@ def run_eval(
 
     backend: a ready `vtcr.engine` backend, or a mapping mode -> backend (e.g. a model trained on whole
     traces for `standard` and an optical-memory model for the other modes; every mode of the config
-    needs one), else built from the config: `model` in-process on
-    `device`/`dtype`, or `server` with `concurrency` requests in flight). data_root: the
+    needs one), else built from the config: `model` in-process on `device`/`dtype`, decoding
+    `concurrency` rows together, or `server` with `concurrency` requests in flight). data_root: the
     benchmarks folder (default: see `vtcr.evaluate.benchmarks.benchmarks_root`). report: write
     summary.json, report.md, plots and index.html at the end.
     """
