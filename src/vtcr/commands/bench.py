@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCH_MODULES: tuple[str, ...] = ("fidelity",)  # each helper module adds its name here: "efficiency", "fidelity"
+BENCH_MODULES: tuple[str, ...] = ("efficiency", "fidelity")  # each helper module adds its name here: "efficiency", "fidelity"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
