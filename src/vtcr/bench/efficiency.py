@@ -569,7 +569,9 @@ def format_report(report: dict[str, Any]) -> str:
                     if mode == "standard":
                         continue
                     last = max(v["traces"], key=lambda t: t["tokens"])
-                    parts.append(f"{mode} {_x(v['speedup_vs_standard'])} (longest {_x(last['speedup_vs_standard'])})")
-                lines.append(f"    batch {batch:>2} {g['device']}: standard {modes['standard']['total_s']:.2f} s; "
-                             + ", ".join(parts))  # fmt: skip
+                    parts.append(f"{mode} {_x(v.get('speedup_vs_standard'))} "
+                                 f"(longest {_x(last.get('speedup_vs_standard'))})")
+                if "standard" in modes:
+                    lines.append(f"    batch {batch:>2} {g['device']}: standard {modes['standard']['total_s']:.2f} s; "
+                                 + ", ".join(parts))  # fmt: skip
     return "\n".join(lines)
