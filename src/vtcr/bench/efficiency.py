@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from vtcr._io import find_shared_data, write_json_atomic
 
-from .cost_model import DEVICES, ModelShape, Round, calibrate_cpu, decode_step_seconds, schedule_cost, with_overhead
+from .cost_model import DEVICES, H100, ModelShape, Round, calibrate_cpu, decode_step_seconds, schedule_cost, with_overhead
 from .replay import CLOCKS, MODES, ReplayTrace, torch_threads
 
 RESULT_FILE = "summary.json"
@@ -47,6 +47,7 @@ REAL_FOLDERS = {
     ("glm-4.1v", "8b"): "zai-org__GLM-4.1V-9B-Thinking",
 }
 SELECT = ("first", "longest", "spread")
+PREDICT_BATCHES = (1, 8, 32, 64)  # batch sizes the cost model predicts the real sizes at (H100)
 MEMORY_HEADROOM = 0.9  # refuse when the estimate exceeds this share of the memory available
 
 
@@ -499,6 +500,25 @@ def cost_model_report(config: EfficiencyConfig, shape: ModelShape, dbytes: int, 
                             p["speedup_vs_standard"] = s["total_s"] / p["total_s"]
                 per_gpu[gpu_key] = {"device": gpu.name, "modes": modes}
             out["real"][size]["batch_sizes"][str(batch)] = per_gpu
+    # the real sizes at larger batches (the rounds do not depend on the batch): where batching leads
+    base = config.batch_sizes[0]
+    for size, real in reals.items():
+        table: dict[str, Any] = {}
+        for batch in PREDICT_BATCHES:
+            row: dict[str, Any] = {}
+            for mode in config.modes:
+                per = [schedule_cost(real, rounds[(base, t.id, mode)], batch, 2, H100) for t in traces]
+                longest_i = max(range(len(traces)), key=lambda i: traces[i].tokens)
+                row[mode] = {"total_s": sum(c["total_s"] for c in per),
+                             "longest_total_s": per[longest_i]["total_s"],
+                             "longest_peak_kv_bytes": per[longest_i]["peak_kv_bytes"],
+                             "weights_bytes": 2 * (real.text_params + real.vision_params)}  # fmt: skip
+            if "standard" in row:
+                for v in row.values():
+                    v["speedup_vs_standard"] = row["standard"]["total_s"] / v["total_s"]
+                    v["longest_speedup_vs_standard"] = row["standard"]["longest_total_s"] / v["longest_total_s"]
+            table[str(batch)] = row
+        out["real"][size]["h100_by_batch"] = table
     return out
 
 
@@ -574,4 +594,15 @@ def format_report(report: dict[str, Any]) -> str:
                 if "standard" in modes:
                     lines.append(f"    batch {batch:>2} {g['device']}: standard {modes['standard']['total_s']:.2f} s; "
                                  + ", ".join(parts))  # fmt: skip
+        by_batch = real.get("h100_by_batch", {})
+        if by_batch:
+            cells = []
+            for batch, row in by_batch.items():
+                if "vtc" in row and "standard" in row:
+                    v = row["vtc"]
+                    cells.append(f"b{batch} {_x(v['speedup_vs_standard'])} (longest {_x(v['longest_speedup_vs_standard'])}, "
+                                 f"KV {v['longest_peak_kv_bytes'] / 1024**3:.1f} vs "
+                                 f"{row['standard']['longest_peak_kv_bytes'] / 1024**3:.1f} GiB)")  # fmt: skip
+            if cells:
+                lines.append("    vtc vs standard on an H100 by batch: " + "; ".join(cells))
     return "\n".join(lines)
