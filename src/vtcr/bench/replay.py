@@ -230,11 +230,11 @@ class Replayer:
             kwargs["image_grid_thw"] = torch.tensor(new_grids * batch, dtype=torch.long, device=self.device)
         out = self.model(
             input_ids=ids_t, mm_token_type_ids=(ids_t == self.image_token_id).int(),
-            position_ids=positions[:, :, reuse:].expand(-1, batch, -1), past_key_values=cache,
+            position_ids=positions[:, :, reuse:].expand(-1, batch, -1), cache=cache,
             use_cache=True, logits_to_keep=1, **kwargs,
         )  # fmt: skip
         out.logits[:, -1].argmax(-1)
-        return out.past_key_values, delta
+        return out.cache, delta
 
     def _decode(self, cache: Any, start: int, delta: int, tokens: tuple[int, ...], batch: int) -> tuple[int, float]:
         """Feed `tokens[:-1]` one step at a time (the last token is the one a real run stops on);
@@ -254,7 +254,7 @@ class Replayer:
             if n == 1:
                 self._sync()
                 t0 = self.clock()
-            out = self.model(input_ids=ids, position_ids=position_ids, past_key_values=cache, use_cache=True,
+            out = self.model(input_ids=ids, position_ids=position_ids, cache=cache, use_cache=True,
                              logits_to_keep=1)
             out.logits[:, -1].argmax(-1)
             if n == 1:
