@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCH_MODULES: tuple[str, ...] = ("fidelity", "batching", "serve")
+BENCH_MODULES: tuple[str, ...] = ("efficiency", "fidelity", "batching", "serve")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
