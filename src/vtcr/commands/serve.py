@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-queue", type=int, default=D["max_queue"],
                         help=f"completions running or waiting; more get 503 with Retry-After (default {D['max_queue']})")
     parser.add_argument("--max-concurrency", type=int, default=D["max_concurrency"],
-                        help="generate calls at once (default: what the backend supports; 1 serves one at a time)")
+                        help="requests generated at once, decoded together as one batch (default: the transformers backend's "
+                        "batch size, 8; 1 serves one at a time)")
     parser.add_argument("--request-timeout", dest="request_timeout_s", type=float, default=D["request_timeout_s"],
                         help=f"seconds a request may take; then 504 and its generation stops (default {shown(D['request_timeout_s'])})")
     parser.add_argument("--shutdown-grace", dest="shutdown_grace_s", type=float, default=D["shutdown_grace_s"],

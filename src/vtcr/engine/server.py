@@ -1060,6 +1060,8 @@ def serve(
                                   "context_length": config.max_model_len}  # fmt: skip
         if max_image_pixels is not None:
             kwargs["max_image_pixels"] = max_image_pixels
+        if config.max_concurrency is not None:  # the requests at once are the rows decoded together
+            kwargs["batch_size"] = config.max_concurrency
         backend = TransformersBackend.from_pretrained(model_path, device=device, dtype=dtype, **kwargs)
     except BaseException:
         httpd.server_close()
