@@ -66,11 +66,15 @@ class BuiltinRecipe:
     # stage 2: the same trainer again from stage 1's weights (a second cosine cycle, another data order)
     stage2_steps: int = 800
     stage2_lr: float = 2e-3
+    # Only the vtc model gets stage 2: the standard model's loss had flattened at stage 1's end
+    # (0.054 vs vtc 0.18), and its steps cost ~3x (whole traces); see MODEL_CARD.md.
+    stage2_modes: tuple[str, ...] = ("vtc",)
     modes: tuple[str, ...] = field(default=MODES_TRAINED)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lengths", tuple(self.lengths))
         object.__setattr__(self, "modes", tuple(self.modes))
+        object.__setattr__(self, "stage2_modes", tuple(self.stage2_modes))
         unknown = [m for m in self.modes if m not in MODES_TRAINED]
         if unknown or not self.modes:
             raise ValueError(f"recipe modes {self.modes!r}: choose from {', '.join(MODES_TRAINED)}")
@@ -83,6 +87,7 @@ class BuiltinRecipe:
         out = asdict(self)
         out["lengths"] = list(self.lengths)
         out["modes"] = list(self.modes)
+        out["stage2_modes"] = list(self.stage2_modes)
         out["version"] = RECIPE_VERSION
         return out
 
@@ -239,6 +244,7 @@ def _half_precision(model_dir: Path) -> None:
         tensors = load_file(str(path))
         save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in tensors.items()}, str(path),
                   metadata={"format": "pt"})  # fmt: skip
+        os.chmod(path, 0o644)
 
 
 _KEEP = ("checkpoints", "train_config.json", "train_log.jsonl", "loss.png")
@@ -294,7 +300,7 @@ def rebuild(
                 train(train_config(recipe, mode, init, data, out, progress=progress, threads=threads))
                 _stage(work, f"train-{mode}").write_text("ok\n")
             final = out
-            if recipe.stage2_steps:
+            if recipe.stage2_steps and mode in recipe.stage2_modes:
                 final = work / "models2" / mode
                 if not _stage(work, f"train2-{mode}").is_file():
                     log(f"{3 + i}/4 stage 2 of the {mode} model: {recipe.stage2_steps} more steps")
@@ -313,7 +319,7 @@ def rebuild(
         publish.mkdir()
         for mode in recipe.modes:
             dest = publish / mode
-            source = work / ("models2" if recipe.stage2_steps else "models") / mode
+            source = work / ("models2" if recipe.stage2_steps and mode in recipe.stage2_modes else "models") / mode
             shutil.copytree(source, dest, ignore=shutil.ignore_patterns(*_KEEP))
             if half:
                 _half_precision(dest)

@@ -184,12 +184,14 @@ def problems(
         raise ValueError(f"number of problems must be a non-negative int, got {n!r}")
     lo, hi = parse_length_range(lengths, (1, CYCLE - 1))
     capacity = CYCLE * MODULUS * (hi - lo + 1)
-    if n > capacity - len(exclude):
+    if n > capacity:
         raise ValueError(f"only {capacity} distinct problems have lengths {lo}:{hi}; asked for {n}")
     rng = random.Random(seed)
     seen = set(exclude)
     out: list[dict[str, Any]] = []
-    while len(out) < n:
+    for _ in range(100 * capacity):
+        if len(out) == n:
+            break
         p = random_problem(rng, (lo, hi))
         q = p.question()
         if q in seen:
@@ -197,6 +199,8 @@ def problems(
         seen.add(q)
         out.append({"id": f"fib-{seed}-{len(out)}", "question": q, "trace": p.trace(), "answer": p.answer(),
                     "length": p.length})  # fmt: skip
+    if len(out) < n:
+        raise ValueError(f"only {len(out)} problems of lengths {lo}:{hi} are not excluded; asked for {n}")
     return out
 
 
