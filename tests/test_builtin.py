@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -25,6 +26,7 @@ from vtcr.data.synthetic import (
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+LINE = r"x=\d y=\d z=\(\d\+\d\)%10=\d s=\(\d\+\d\)%10=\d"
 
 
 # --- the generator ---------------------------------------------------------------------------------
@@ -171,18 +173,21 @@ def test_eval_without_a_model_uses_both_builtin_models(tmp_path, capsys):
     from vtcr.cli import main
 
     out = tmp_path / "eval"
-    code = main(["eval", "--benchmarks", "builtin", "--modes", "vtc,standard,no-memory", "--limit", "3",
-                 "--task-length", "7:12", "--out", str(out), "--quiet"])  # fmt: skip
+    code = main(["eval", "--benchmarks", "builtin", "--modes", "vtc,standard,no-memory", "--limit", "1",
+                 "--task-length", "7:12", "--max-rounds", "2", "--out", str(out), "--quiet"])  # fmt: skip
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "vtc: " in captured.err and str(WEIGHTS_DIR / "standard") in captured.err
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 9 and {r["mode"] for r in rows} == {"vtc", "standard", "no-memory"}
+    assert len(rows) == 3 and {r["mode"] for r in rows} == {"vtc", "standard", "no-memory"}
     by_mode = {m: [r for r in rows if r["mode"] == m] for m in ("vtc", "standard", "no-memory")}
-    assert all(len(r["rounds"]) >= 2 for r in by_mode["vtc"])  # 7-12 steps: two rounds of optical memory
+    assert all(len(r["rounds"]) == 2 for r in by_mode["vtc"])  # 7-12 steps: two rounds (capped at 2 here)
+    assert all(r["rounds"][1]["images"] == 1 for r in by_mode["vtc"])  # round 2 reads round 1's page
+    assert all(r["rounds"][-1]["images"] == 0 for r in by_mode["no-memory"])  # the same model without its pages
     assert all(len(r["rounds"]) == 1 for r in by_mode["standard"])
-    assert sum(r["correct"] for r in by_mode["vtc"]) >= 2
-    assert sum(r["correct"] for r in by_mode["no-memory"]) == 0  # without its pages it cannot go on
+    for r in by_mode["vtc"]:  # every round of six task lines ends its turn; the lines have the task's shape
+        first = r["rounds"][0]["text"].split("\n")
+        assert len(first) >= 6 and all(re.fullmatch(LINE, line) for line in first[:6])
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "vtcr-builtin" and config["engine"]["temperature"] == 0.0
 

@@ -18,7 +18,7 @@ from typing import Any
 from vtcr.data.synthetic import SUPPORTED_LENGTHS, parse_length_range
 
 DEMO_MODES = ("vtc", "standard", "text", "no-memory")
-DEMO_PROBLEMS = 12
+DEMO_PROBLEMS = 4
 DEMO_SEED = 2
 
 
@@ -63,7 +63,9 @@ def run_demo(
     held_out = generate_benchmark("builtin", problems, seed, (lo, hi))
     example = max(held_out, key=lambda p: _steps(p.question))  # the longest: the most rounds
     log(f"vtcr's built-in models ({weights_root(weights)}): a tiny Qwen3-VL trained on optical-memory samples (vtc) "
-        "and one trained on whole traces (standard), same architecture, problems and steps.")
+        "and one trained on whole traces (standard): same architecture, initial weights, problems and batch; vtc 1,500 steps, "
+        "standard 700 (see MODEL_CARD.md). accuracy % is the grader's (an unfinished run's partial answer counts when it matches); "
+        "finished % is the share of runs that ended with an answer.")
     log(f"\n== 1. one held-out problem in vtc mode, round by round ({_steps(example.question)} steps, gold {example.gold})")
     log(example.question)
 
