@@ -3,8 +3,8 @@
     python -m perf.train_threads [--steps 12] [--threads auto|N]
 
 Builds a small built-in training set (the real builder), then times the same short training run
-twice in this process: alone, and while a second process spins a busy torch matmul loop on every
-core this process may use. The trainer sizes its torch threads and DataLoader workers from
+twice in this process: alone, and while `--hogs` other processes (default 1) spin a busy
+single-threaded torch matmul loop. The trainer sizes its torch threads and DataLoader workers from
 os.sched_getaffinity (TrainConfig threads/workers = None), so the competing run should be at most
 ~2x slower, not 10x. Prints both medians and their ratio.
 """
@@ -32,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--threads", default="auto", help="auto (from the affinity mask) or a number")
+    parser.add_argument("--hogs", type=int, default=1, help="competing busy processes (default 1)")
     args = parser.parse_args()
     from vtcr.builtin.recipe import BuiltinRecipe, build_builtin_data, init_builtin_model, task_tokenizer, train_config
     from vtcr.train import train
@@ -48,7 +49,7 @@ def main() -> None:
             stop = multiprocessing.Event()
             hogs = []
             if label != "alone":
-                hogs = [multiprocessing.Process(target=_busy, args=(stop,)) for _ in range(usable_cores())]
+                hogs = [multiprocessing.Process(target=_busy, args=(stop,)) for _ in range(args.hogs)]
                 for h in hogs:
                     h.start()
             try:
@@ -61,7 +62,7 @@ def main() -> None:
                     h.join()
             results[label] = log["timing"]
         alone, busy = (results[k]["median_seconds_per_step"] for k in results)
-        print(json.dumps({"cores": usable_cores(), "threads_workers": resolve_resources(threads, None), **results,
+        print(json.dumps({"cores": usable_cores(), "hogs": args.hogs, "threads_workers": resolve_resources(threads, None), **results,
                           "slowdown": round(busy / alone, 2)}, indent=2))  # fmt: skip
 
 
