@@ -1,162 +1,229 @@
-"""vtcr's built-in model: the synthetic optical-memory task, built by the real builder, trained by the
-real trainer, reasoning through the real engine and CLI.
-
-The full recipe (`BuiltinRecipe()`) takes minutes; these tests train a short version of the same
-recipe (fewer problems and epochs): enough to learn the round structure -- one state line per
-round, an end-of-turn, a final `</think>` + `<answer>` -- so a `vtc` run finishes after several
-rounds of optical memory, while a `no-memory` run (the same model, no pages) never does.
+"""vtcr's built-in task and models: the generator, the shipped weights and their manifest, the
+no-model defaults of `vtcr reason` / `vtcr eval`, the rebuild's lock and resume logic (on a tiny
+recipe through the real builder and trainer), and an eval of a few problems with the shipped weights.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
+import re
+import shutil
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-from vtcr.cli import main as cli_main  # noqa: E402
-from vtcr.engine import TransformersBackend, reason  # noqa: E402
-from vtcr.builtin import (  # noqa: E402
-    DONE_FILE,
-    BuiltinRecipe,
-    build_builtin_data,
-    builtin_engine_config,
-    builtin_model_dir,
-    ensure_builtin_model,
-    heldout_questions,
-    init_builtin_model,
+from vtcr.data import synthetic
+from vtcr.data.synthetic import (
+    SUPPORTED_LENGTHS,
+    TRAIN_LENGTHS,
+    heldout_problems,
+    parse_length_range,
     parse_question,
+    problem_at,
     problems,
-    question,
-    state_lines,
-    task_tokenizer,
-    trace,
+    solve,
+    training_questions,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-QUICK = BuiltinRecipe(problems=100, epochs=2.0)
+LINE = r"x=\d y=\d z=\(\d\+\d\)%10=\d s=\(\d\+\d\)%10=\d"
 
 
-@pytest.mark.parametrize(
-    "terms, lines, answer",
-    [
-        ([7, 3, 9, 2], ["b7 | 00+7=07\n", "d3 | 07+3=10\n", "g9 | 10+9=19\n", "p2 | 19+2=21\n"], "21"),
-        ([9, 9, 9, 9, 9], ["b9 | 00+9=09\n", "d9 | 09+9=18\n", "g9 | 18+9=27\n", "p9 | 27+9=36\n", "q9 | 36+9=45\n"], "45"),
-        ([1, 1, 1], ["b1 | 00+1=01\n", "d1 | 01+1=02\n", "g1 | 02+1=03\n"], "3"),
-    ],
-)
-def test_task_lines(terms, lines, answer):
-    assert state_lines(terms) == lines
-    assert trace(terms) == "".join(lines) + "</think>"
-    assert parse_question(question(terms)) == terms
-    assert str(sum(terms)) == answer
+# --- the generator ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["Add: d7 b3", "Add: b7 d3 x1", "What is 2+3?", "Add: b0 d1", "Add:"])
+def _fib_answer(x: int, y: int, s: int, stop: tuple[int, int]) -> tuple[int, int]:
+    """(answer, steps) by the plain recurrence, written out here independently of vtcr."""
+    steps = 0
+    while True:
+        x, y = y, (x + y) % 10
+        s = (s + y) % 10
+        steps += 1
+        if (x, y) == stop:
+            return s, steps
+
+
+def test_problems_are_deterministic_with_exact_gold_answers():
+    a, b = problems(40, seed=3), problems(40, seed=3)
+    assert a == b and a != problems(40, seed=4)
+    assert len({p["question"] for p in a}) == 40
+    for p in a:
+        parsed = parse_question(p["question"])
+        assert parsed is not None and TRAIN_LENGTHS[0] <= p["length"] <= TRAIN_LENGTHS[1]
+        answer, steps = _fib_answer(parsed.x, parsed.y, parsed.s, parsed.stop)
+        assert (str(answer), steps) == (p["answer"], p["length"]) and solve(p["question"]) == answer
+        lines = p["trace"].removesuffix("</think>").splitlines()
+        assert len(lines) == p["length"] and len({len(line) for line in lines}) == 1  # one width: one page layout
+        assert lines[-1].endswith(f"={answer}")
+
+
+def test_the_trace_lines_show_each_step():
+    p = problem_at(0, 4, 3)  # the cycle starts at (0, 1)
+    assert p.question() == "x=0 y=1 s=4. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until x=2 y=3. Answer s."
+    assert p.lines() == ["x=0 y=1 z=(0+1)%10=1 s=(4+1)%10=5\n", "x=1 y=1 z=(1+1)%10=2 s=(5+2)%10=7\n",
+                         "x=1 y=2 z=(1+2)%10=3 s=(7+3)%10=0\n"]  # fmt: skip
+    assert p.answer() == "0" and p.rounds(6) == 1 and problem_at(0, 4, 19).rounds(6) == 4
+
+
+def test_heldout_problems_avoid_the_training_set_and_span_the_supported_lengths():
+    held = heldout_problems(60, seed=1)
+    assert not {p["question"] for p in held} & training_questions()
+    lengths = [p["length"] for p in held]
+    assert min(lengths) >= SUPPORTED_LENGTHS[0] and max(lengths) <= SUPPORTED_LENGTHS[1]
+    assert max(lengths) > TRAIN_LENGTHS[1]  # beyond the trained lengths
+    assert heldout_problems(5, seed=1, lengths="40:48") == heldout_problems(5, seed=1, lengths=(40, 48))
+
+
+@pytest.mark.parametrize("spec", ["1:10", "2:49", "0:60", "10:5", "a:b", "48:100"])
+def test_unsupported_lengths_are_refused_with_the_supported_range(spec):
+    with pytest.raises(ValueError, match="2:48"):
+        parse_length_range(spec)
+
+
+def test_an_unsupported_task_length_is_refused_by_eval_and_its_cli(capsys):
+    from vtcr.cli import main
+    from vtcr.evaluate import EvalConfig
+
+    with pytest.raises(ValueError, match="support 2:48"):
+        EvalConfig(benchmarks=("builtin",), task_length="2:60")
+    assert EvalConfig(benchmarks=("builtin",), task_length="4:9").task_length == (4, 9)
+    code = main(["eval", "--benchmarks", "builtin", "--task-length", "3:70", "--out", "unused", "--limit", "1"])
+    assert code != 0 and "2:48" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", [
+    "What is 2+2?",
+    "x=3 y=8 s=4. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until x=3 y=8. Answer s.",  # stop = start
+    "x=0 y=0 s=4. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until x=1 y=5. Answer s.",  # off the 60-cycle
+])  # fmt: skip
 def test_parse_question_refuses_other_text(text):
     assert parse_question(text) is None
 
 
-def test_problems_are_deterministic_and_heldout_differs():
-    a, b = problems(50, seed=0), problems(50, seed=0)
-    assert a == b
-    held = heldout_questions(50, recipe=QUICK)
-    assert len({q for q, _ in held}) == 50 and held == heldout_questions(50, recipe=QUICK)
-    assert not {q for q, _ in held} & {p["question"] for p in problems(QUICK.problems, QUICK.seed, QUICK)}
-    for p in a:
-        assert int(p["answer"]) == sum(parse_question(p["question"]))
-        assert QUICK.min_terms <= len(parse_question(p["question"])) <= QUICK.max_terms
+# --- the shipped weights ---------------------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from vtcr.builtin import (  # noqa: E402
+    BuiltinWeightsError,
+    WEIGHTS_DIR,
+    info,
+    load_backends,
+    model_dir,
+    off_task_warning,
+    verify,
+)
+from vtcr.builtin.recipe import LOCK_NAME, MANIFEST_FILE, WORK_NAME, BuiltinRecipe, rebuild, rebuild_lock  # noqa: E402
 
 
-def test_the_real_builder_cuts_one_state_line_per_segment(tmp_path):
-    recipe = BuiltinRecipe(problems=12)
-    model = init_builtin_model(recipe, task_tokenizer(tmp_path / "tok" / "tokenizer.json"), tmp_path / "init")
-    vocab = json.loads((model / "config.json").read_text())["text_config"]["vocab_size"]
-    assert vocab < 1024  # the small vocabulary is what makes CPU training fast
-    report = build_builtin_data(recipe, model, tmp_path / "data")
-    assert report.stats["problems"] == 12 and report.stats["rejected"] == {}
-    records = [json.loads(line) for line in (tmp_path / "data" / "problems.jsonl").read_text().splitlines()]
-    sizes = set()
-    for record, p in zip(records, problems(12, recipe.seed, recipe)):
-        lines = state_lines(parse_question(p["question"]))
-        assert record["turns"][:-1] == lines[:-1]  # one state line per round
-        assert record["turns"][-1] == f"{lines[-1]}</think>\n\n<answer>{p['answer']}</answer>"
-        sizes |= {(page["width"], page["height"]) for pages in record["pages"] for page in pages}
-    assert len(sizes) == 1  # every state line renders to the same page size
+def test_the_shipped_weights_verify_and_fit_the_budget():
+    manifest = verify()
+    sizes = {name: sum(v["bytes"] for k, v in manifest["files"].items() if k.startswith(name + "/")) for name in ("vtc", "standard")}
+    assert all(sizes.values()) and sum(sizes.values()) <= 25_000_000
+    assert manifest["recipe"]["max_steps"] == BuiltinRecipe().max_steps
+    assert {m: e["ok"] for m, e in info()["models"].items()} == {"vtc": True, "standard": True}
+    assert model_dir("standard") == WEIGHTS_DIR / "standard" and model_dir("no-memory") == WEIGHTS_DIR / "vtc"
 
 
-def test_trained_builtin_model_reasons_over_rounds_through_the_engine(tmp_path, capsys):
-    started = time.perf_counter()
-    path = ensure_builtin_model(tmp_path / "cache", recipe=QUICK)
-    assert path == builtin_model_dir(tmp_path / "cache", QUICK) and (path / DONE_FILE).is_file()
-    info = json.loads((path / DONE_FILE).read_text())
-    assert info["recipe"]["problems"] == QUICK.problems and info["global_step"] > 0
-    meta = json.loads((path / "vtcr.json").read_text())
-    assert meta["render_preset"] == "dense" and meta["max_image_pixels"] == QUICK.max_image_pixels
-    assert not (path / "checkpoints").exists()
-    trained_in = time.perf_counter() - started
-    again = time.perf_counter()
-    assert ensure_builtin_model(tmp_path / "cache", recipe=QUICK) == path
-    assert time.perf_counter() - again < min(2.0, trained_in / 10)  # cached: no second training
-
-    q, _ = heldout_questions(1)[0]
-    n_terms = len(parse_question(q))
-    args = ["reason", q, "--model", str(path), "--temperature", "0", "--round-tokens", "48", "--max-rounds", "8", "--json"]
-    capsys.readouterr()  # drop the training log lines
-    assert cli_main(args) == 0
-    record = json.loads(capsys.readouterr().out)
-    assert record["finished"] and record["stop_reason"] == "answer"
-    assert len(record["rounds"]) >= 2
-    assert [r["images"] for r in record["rounds"]] == list(range(len(record["rounds"])))  # one page per round
-    assert record["answer"] is not None and record["answer"].isdigit()
-    assert "</think>" in record["rounds"][-1]["text"] and "<answer>" in record["rounds"][-1]["text"]
-    assert len(record["rounds"]) <= n_terms + 1
-
-    backend = TransformersBackend.from_pretrained(path, device="cpu")
-    blind = reason(q, backend, builtin_engine_config("no-memory"))
-    assert not blind.finished and blind.stop_reason == "max_rounds"
-    assert all(r.images == 0 for r in blind.rounds)
-
-    # The demo's reasoning part, on the same checkpoint: the first question round by round, a table
-    # of every question, records and pages written per mode.
-    from vtcr.commands.demo import _reason_part
-
-    questions = [(q, str(sum(parse_question(q)))), heldout_questions(2)[1]]
-    records = _reason_part(questions, path, tmp_path / "demo")
-    shown = capsys.readouterr().out
-    assert "round 2: given 1 page(s)" in shown and f"[vtc] {q}" in shown and "[no-memory]" in shown
-    assert all(line.startswith(f"  round {k}:") for k, line in enumerate(
-        [ln for ln in shown.split("[no-memory]")[0].splitlines() if ln.startswith("  round")], start=1))  # fmt: skip
-    assert records["vtc"][0].finished and not any(r.finished for r in records["no-memory"])
-    assert "no-memory: 0/2 correct, 0/2 finished" in shown
-    for mode in ("vtc", "no-memory"):
-        for i, record in enumerate(records[mode], start=1):
-            saved = json.loads((tmp_path / "demo" / "runs" / mode / f"q{i:02d}.json").read_text())
-            assert saved["answer"] == record.answer and len(saved["rounds"]) == len(record.rounds)
-    assert (tmp_path / "demo" / "runs" / "vtc" / "q01_pages" / "round_01_page_001.png").is_file()
+def test_missing_or_corrupted_weights_name_the_file_and_the_rebuild(tmp_path):
+    root = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, root, ignore=shutil.ignore_patterns(".*"))
+    weights = root / "vtc" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BuiltinWeightsError, match=r"model\.safetensors is corrupted.*vtcr builtin rebuild"):
+        model_dir("vtc", root)
+    model_dir("standard", root)  # the other model is intact
+    (root / "standard" / "config.json").unlink()
+    with pytest.raises(BuiltinWeightsError, match=r"standard/config\.json is missing.*vtcr builtin rebuild"):
+        load_backends(("standard",), root=root)
+    (root / MANIFEST_FILE).unlink()
+    with pytest.raises(BuiltinWeightsError, match=r"manifest\.json is missing"):
+        verify(root=root)
+    assert info(root)["models"]["vtc"]["ok"] is False
 
 
-def test_demo_without_the_model_renders_and_reports_compression(tmp_path, capsys):
-    assert cli_main(["demo", "--no-model", "--out", str(tmp_path / "demo")]) == 0
-    shown = capsys.readouterr().out
-    for name in ("dense", "vtcr1"):
-        assert (tmp_path / "demo" / "pages" / name / "page_001.png").is_file()
-        assert f"[preset {name}]" in shown
-    assert "built-in model" not in shown and not (tmp_path / "demo" / "runs").exists()
+# --- no --model: the built-in models ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["Add: b7", "Add: b7 d3 g9 p2 q1 b5", "What is 2+3?"])
-def test_demo_refuses_a_question_the_builtin_model_cannot_answer(tmp_path, capsys, text):
-    assert cli_main(["demo", "--question", text, "--out", str(tmp_path / "demo")]) == 2
-    err = capsys.readouterr().err
-    assert repr(text) in err and "3-5 items" in err
-    assert not (tmp_path / "demo").exists()  # refused before any work
+def test_off_task_questions_get_the_warning():
+    good = problem_at(5, 2, 30).question()
+    assert off_task_warning(good) is None
+    warning = off_task_warning("What is the capital of France?")
+    assert "not one of the built-in task" in warning and "--model PATH" in warning and "--server URL" in warning
+    assert "needs 55 steps" in off_task_warning(problem_at(5, 2, 55).question())
 
 
-def test_demo_refuses_a_bad_question_count(tmp_path, capsys):
-    assert cli_main(["demo", "--questions", "0", "--out", str(tmp_path / "demo")]) == 2
-    assert "--questions 0" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+def test_reason_without_a_model_uses_the_builtin_model_and_warns_off_task(capsys):
+    from vtcr.cli import main
+
+    code = main(["reason", "What is the capital of France?", "--max-rounds", "1", "--round-tokens", "8"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "built-in models" in captured.err and str(WEIGHTS_DIR / "vtc") in captured.err
+    assert "not one of the built-in task" in captured.err and "--model PATH" in captured.err
+    assert "round 1" in captured.out
+
+
+def test_eval_without_a_model_uses_both_builtin_models(tmp_path, capsys):
+    """A few held-out builtin problems with the shipped weights, through `vtcr eval` with no --model:
+    the standard model for standard mode, the vtc model for vtc and no-memory."""
+    from vtcr.cli import main
+
+    out = tmp_path / "eval"
+    code = main(["eval", "--benchmarks", "builtin", "--modes", "vtc,standard,no-memory", "--limit", "1",
+                 "--task-length", "7:12", "--max-rounds", "2", "--out", str(out), "--quiet"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "vtc: " in captured.err and str(WEIGHTS_DIR / "standard") in captured.err
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and {r["mode"] for r in rows} == {"vtc", "standard", "no-memory"}
+    by_mode = {m: [r for r in rows if r["mode"] == m] for m in ("vtc", "standard", "no-memory")}
+    assert all(len(r["rounds"]) == 2 for r in by_mode["vtc"])  # 7-12 steps: two rounds (capped at 2 here)
+    assert all(r["rounds"][1]["images"] == 1 for r in by_mode["vtc"])  # round 2 reads round 1's page
+    assert all(r["rounds"][-1]["images"] == 0 for r in by_mode["no-memory"])  # the same model without its pages
+    assert all(len(r["rounds"]) == 1 for r in by_mode["standard"])
+    for r in by_mode["vtc"]:  # every round of six task lines ends its turn; the lines have the task's shape
+        first = r["rounds"][0]["text"].split("\n")
+        assert len(first) >= 6 and all(re.fullmatch(LINE, line) for line in first[:6])
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "vtcr-builtin" and config["engine"]["temperature"] == 0.0
+
+
+# --- the rebuild: lock, resume, publish -------------------------------------------------------------
+
+TINY = BuiltinRecipe(problems=6, lengths=(2, 7), max_steps=2, stage2_steps=1, batch_size=2, save_steps=1, cutoff_len=512)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_rebuild_resumes_and_publishes_atomically(tmp_path):
+    root = tmp_path / "weights"
+    messages: list[str] = []
+
+    def killer(message: str) -> None:
+        messages.append(message)
+        if message.startswith("3/4"):
+            raise _Killed  # killed after the data build, before training
+
+    with pytest.raises(_Killed):
+        rebuild(root, TINY, log=killer)
+    work = root / WORK_NAME
+    assert (work / "init.done").is_file() and (work / "data.done").is_file()
+    assert not (root / LOCK_NAME).exists() and not (root / MANIFEST_FILE).exists()  # no stale lock, nothing published
+
+    with rebuild_lock(root):  # a second rebuild while one runs is refused, naming the lock
+        with pytest.raises(RuntimeError, match=r"\.rebuild\.lock"):
+            rebuild(root, TINY, log=messages.append)
+
+    messages.clear()
+    manifest = rebuild(root, TINY, log=messages.append)
+    assert any("resuming" in m for m in messages) and not any(m.startswith(("1/4", "2/4")) for m in messages)
+    assert manifest["recipe"] == TINY.to_dict()
+    assert sorted(p.name for p in root.iterdir()) == ["manifest.json", "standard", "vtc"]  # work folder and lock gone
+    verify(root=root)
+    assert manifest["trained"]["vtc"]["stage2"]["global_step"] == 1

@@ -64,18 +64,10 @@ NEEDS = {
 SEED_TRACE_CHARS = 12_000  # trace.txt: the first finished shared trace at least this long (several pages)
 
 
-def _old_builtin_cached() -> bool:
-    try:
-        from vtcr.builtin import DONE_FILE, builtin_model_dir
-    except ImportError:
-        return False
-    return (builtin_model_dir() / DONE_FILE).is_file()
-
-
 # Needs the docs do not mark but the test recognises: (pattern in the example, what it needs, is it here)
 IMPLICIT_NEEDS = (
-    (re.compile(r"\bensure_builtin_model\("), "trains vtcr's built-in model on first use (~9 min on 2 cores); "
-     "run when it is cached", _old_builtin_cached),
+    (re.compile(r"\bvtcr builtin rebuild\b|\brebuild\("), "retrains the built-in models (about an hour on 2 cores); "
+     "never run by the docs test", lambda: False),
 )  # fmt: skip
 
 

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "eval",
     "serve",
     "bench",
+    "builtin",
     "demo",
     "env",
 )

@@ -1,335 +1,201 @@
-"""vtcr's built-in model: a tiny Qwen3-VL trained by vtcr itself on a synthetic optical-memory task.
+"""vtcr's built-in models: two tiny Qwen3-VL checkpoints shipped inside the package.
 
-The task ("running sum"): the question names the numbers, ``Add: b7 d3 g9 p2``; the reasoning adds
-them one per round, one fixed-width line each -- the item, the running sum so far, the new sum:
+Both are trained by vtcr's own builder and trainer (`vtcr.builtin.recipe`, `vtcr builtin rebuild`) on
+the built-in task of `vtcr.data.synthetic` (Fibonacci mod 10 with an accumulator, one line per step):
 
-    b7 | 00+7=07         round 1 (sees only the question)
-    d3 | 07+3=10         round 2 (sees round 1's page)
-    g9 | 10+9=19         round 3 (sees the pages of rounds 1-2)
-    p2 | 19+2=21</think>  round 4, then <answer>21</answer>
+- ``vtc``: optical-memory samples (the question and the pages of earlier rounds -> the next 6
+  lines); used for the ``vtc``, ``text`` and ``no-memory`` engine modes;
+- ``standard``: whole traces (the question -> every line at once); used for ``standard`` mode.
 
-Every line is one segment (the real builder cuts it so: `segment_tokens` 16 holds one 13-token line,
-never two), so each round after the first must take the state -- which item was added last, and
-the sum so far -- from the last page image: the images are the model's only memory. In `no-memory`
-mode the model sees the question alone every round, starts over, and never finishes; in `vtc`
-mode it reads its page and goes on.
-
-The recipe, end to end with vtcr's own parts: a byte-level tokenizer (bytes, a few word merges and
-the family's control tokens: a small vocabulary, fast on a CPU) -> a tiny Qwen3-VL with random weights
-(`vtcr.models`) -> traces -> the real builder (`vtcr.data.build_dataset`, dense preset) -> the
-trainer (`vtcr.train.train`). `ensure_builtin_model()` runs it once, deterministically, and caches
-the checkpoint under `$VTCR_CACHE` (default `~/.cache/vtcr`)/builtin/<recipe hash>/.
-Use it with `builtin_engine_config()` (greedy, short rounds).
+The weights live in ``vtcr/builtin/weights/{vtc,standard}/`` with ``manifest.json`` (the recipe,
+the figures of the training run, and the sha256 of every file). Nothing is trained on first use:
+`model_dir` verifies the files and raises `BuiltinWeightsError` (naming the file and
+``vtcr builtin rebuild``) when one is missing or corrupted. See MODEL_CARD.md.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
-import re
-import shutil
-import tempfile
-import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-RECIPE_VERSION = 2  # bump when anything below changes what is trained
-CACHE_ENV = "VTCR_CACHE"
-DONE_FILE = "builtin.json"
-QUESTION_PREFIX = "Add: "
-_QUESTION = re.compile(r"^\s*Add:\s*([bdgpq][1-9](?:\s+[bdgpq][1-9]){0,4})\s*$")
+from vtcr.data.synthetic import (
+    LINES_PER_SEGMENT,
+    SUPPORTED_LENGTHS,
+    TRAIN_LENGTHS,
+    parse_question,
+    problem_at,
+)
+
+from .recipe import MANIFEST_FILE, MODES_TRAINED, BuiltinRecipe, builtin_render_config, rebuild, sha256_file
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_ENV = "VTCR_BUILTIN_WEIGHTS"  # another folder of built-in weights (e.g. one made by `vtcr builtin rebuild --out`)
+ROUND_TOKENS = 256  # 6 lines of 34 tokens, then </think> and the answer
+EXAMPLE_QUESTION = problem_at(13, 4, 20).question()
+
+TASK_HELP = (
+    "vtcr's built-in models only solve the built-in task (Fibonacci mod 10 with an accumulator), questions like\n"
+    f"  {EXAMPLE_QUESTION}\n"
+    f"with the start and stop pairs on the 60-step cycle and {SUPPORTED_LENGTHS[0]}-{SUPPORTED_LENGTHS[1]} steps between them. "
+    "For any other question point vtcr at a real checkpoint: --model PATH (a local folder or hub id), "
+    "or --server URL --served-model NAME (vllm serve, SGLang, vtcr serve)."
+)
 
 
-@dataclass(frozen=True)
-class BuiltinRecipe:
-    """Everything that decides the built-in checkpoint (its hash names the cache folder)."""
-
-    arch: str = "qwen3-vl"
-    size: str = "tiny"
-    seed: int = 0
-    min_terms: int = 3
-    max_terms: int = 5
-    problems: int = 600
-    segment_tokens: int = 16
-    preset: str = "dense"
-    lr: float = 1e-3
-    epochs: float = 10.0
-    batch_size: int = 8
-    warmup_ratio: float = 0.05
-    cutoff_len: int = 1024
-    workers: int = 1  # a DataLoader process decodes and resizes pages while the model trains
-    # Pages are single short lines; the cap keeps them at 40 vision tokens (the family's minimum
-    # area would blow them up to 80). Training and inference use it alike (vtcr.json).
-    max_image_pixels: int = 32768
-
-    def __post_init__(self) -> None:
-        if not 2 <= self.min_terms <= self.max_terms <= len(LETTERS):
-            raise ValueError(f"terms must satisfy 2 <= min_terms <= max_terms <= {len(LETTERS)} (one item letter each)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "version": RECIPE_VERSION}
-
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+class BuiltinWeightsError(FileNotFoundError):
+    """The shipped weights are missing or do not match their manifest."""
 
 
-# --- the task -------------------------------------------------------------------------------------
+def weights_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder of built-in weights: `root`, else $VTCR_BUILTIN_WEIGHTS, else the package's own."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get(WEIGHTS_ENV)
+    return Path(env).expanduser() if env else WEIGHTS_DIR
 
 
-# Item names: letters as wide as a digit in DejaVu Sans (635 vs 636 units); with the bar (which
-# reaches above every ascender and below every descender) every state line of every problem renders
-# to the same page size, so each glyph of the sum lands on the same patches.
-LETTERS = "bdgpq"
+def _fix_hint() -> str:
+    return "run `vtcr builtin rebuild` (about an hour on a 2-core CPU) or reinstall vtcr"
 
 
-def question(terms: list[int]) -> str:
-    return QUESTION_PREFIX + " ".join(f"{LETTERS[i]}{t}" for i, t in enumerate(terms))
+def read_manifest(root: str | os.PathLike | None = None) -> dict[str, Any]:
+    path = weights_root(root) / MANIFEST_FILE
+    if not path.is_file():
+        raise BuiltinWeightsError(f"built-in weights: {path} is missing; {_fix_hint()}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BuiltinWeightsError(f"built-in weights: {path} is not valid JSON ({exc}); {_fix_hint()}") from None
 
 
-def parse_question(text: str) -> list[int] | None:
-    """The numbers of a built-in task question ("Add: b7 d3 g9 p2"), or None for any other text."""
-    m = _QUESTION.match(text)
-    if not m:
-        return None
-    items = m.group(1).split()
-    if [item[0] for item in items] != list(LETTERS[: len(items)]):
-        return None
-    return [int(item[1]) for item in items]
+def verify(mode_model: str | None = None, root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Check the files of one built-in model (``vtc`` / ``standard``; None: both) against the
+    manifest's sha256; the manifest. BuiltinWeightsError names the first bad file."""
+    base = weights_root(root)
+    manifest = read_manifest(root)
+    names = MODES_TRAINED if mode_model is None else (mode_model,)
+    for name in names:
+        if name not in MODES_TRAINED:
+            raise ValueError(f"unknown built-in model {name!r}; choose {' or '.join(MODES_TRAINED)}")
+        entries = {k: v for k, v in manifest.get("files", {}).items() if k.split("/", 1)[0] == name}
+        if not entries:
+            raise BuiltinWeightsError(f"built-in weights: {base / MANIFEST_FILE} lists no file of the {name} model; {_fix_hint()}")
+        for rel, entry in sorted(entries.items()):
+            path = base / rel
+            if not path.is_file():
+                raise BuiltinWeightsError(f"built-in weights: {path} is missing; {_fix_hint()}")
+            if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+                raise BuiltinWeightsError(
+                    f"built-in weights: {path} is corrupted (its sha256 does not match {MANIFEST_FILE}); {_fix_hint()}"
+                )
+    return manifest
 
 
-def state_lines(terms: list[int]) -> list[str]:
-    """The reasoning, one fixed-width line per term: item, sum so far + term = new sum."""
-    lines, total = [], 0
-    for i, t in enumerate(terms):
-        lines.append(f"{LETTERS[i]}{t} | {total:02d}+{t}={total + t:02d}\n")
-        total += t
-    return lines
+def model_for_mode(mode: str) -> str:
+    """Which built-in model serves an engine mode: ``standard`` for standard, ``vtc`` for the others."""
+    return "standard" if mode == "standard" else "vtc"
 
 
-def trace(terms: list[int]) -> str:
-    """The whole generation, in the `...</think>` form the builder reads (no opening tag: round
-    pages then hold nothing but state lines)."""
-    return "".join(state_lines(terms)) + "</think>"
-
-
-def random_terms(rng: random.Random, recipe: BuiltinRecipe) -> list[int]:
-    return [rng.randint(1, 9) for _ in range(rng.randint(recipe.min_terms, recipe.max_terms))]
-
-
-def problems(n: int, seed: int, recipe: BuiltinRecipe | None = None) -> list[dict[str, Any]]:
-    """`n` task problems (id, question, trace, answer), the same for the same seed."""
-    recipe = recipe or BuiltinRecipe()
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        terms = random_terms(rng, recipe)
-        out.append({"id": f"add-{seed}-{i}", "question": question(terms), "trace": trace(terms),
-                    "answer": str(sum(terms))})  # fmt: skip
-    return out
-
-
-def heldout_questions(n: int = 20, seed: int = 10_000, recipe: BuiltinRecipe | None = None) -> list[tuple[str, str]]:
-    """`n` distinct (question, answer) pairs that the recipe's training set does not contain."""
-    recipe = recipe or BuiltinRecipe()
-    seen = {p["question"] for p in problems(recipe.problems, recipe.seed, recipe)}
-    rng = random.Random(seed)
-    out: list[tuple[str, str]] = []
-    while len(out) < n:
-        terms = random_terms(rng, recipe)
-        q = question(terms)
-        if q not in seen:
-            seen.add(q)
-            out.append((q, str(sum(terms))))
-    return out
+def model_dir(mode: str = "vtc", root: str | os.PathLike | None = None) -> Path:
+    """The verified checkpoint folder of the built-in model for engine `mode`."""
+    name = model_for_mode(mode)
+    verify(name, root)
+    return weights_root(root) / name
 
 
 def builtin_engine_config(mode: str = "vtc", **changes: Any):
-    """The engine settings the built-in model is meant for: greedy, rounds of at most 48 tokens."""
+    """The engine settings the built-in models are meant for: greedy, 8 rounds of <= 256 tokens."""
     from vtcr.engine import EngineConfig
 
-    return EngineConfig(mode=mode, max_rounds=8, round_tokens=48, temperature=0.0, **changes)
+    settings: dict[str, Any] = {"mode": mode, "max_rounds": 8, "round_tokens": ROUND_TOKENS, "temperature": 0.0,
+                                "answer_type": "integer"}  # fmt: skip
+    settings.update(changes)
+    return EngineConfig(**settings)
 
 
-# --- the model ------------------------------------------------------------------------------------
+def off_task_warning(question: str) -> str | None:
+    """None for a question of the built-in task; else the warning to show (what the built-in models
+    solve and how to use a real checkpoint)."""
+    problem = parse_question(question)
+    if problem is not None and SUPPORTED_LENGTHS[0] <= problem.length <= SUPPORTED_LENGTHS[1]:
+        return None
+    if problem is not None:
+        return (f"warning: this question needs {problem.length} steps; the built-in models support "
+                f"{SUPPORTED_LENGTHS[0]}-{SUPPORTED_LENGTHS[1]} (trained on {TRAIN_LENGTHS[0]}-{TRAIN_LENGTHS[1]}): "
+                "expect a wrong answer.\n" + TASK_HELP)  # fmt: skip
+    return "warning: this question is not one of the built-in task; the answer will be meaningless.\n" + TASK_HELP
 
 
-def task_tokenizer(path: Path) -> Path:
-    """The built-in model's tokenizer, saved as `path` (tokenizer.json): one token per byte, except
-    that runs of letters may merge into words (learned on the system prompt and the chat roles), so
-    the long optical-memory system prompt costs ~60 tokens instead of ~190. Digits, spaces and
-    punctuation stay one token each, so every state line costs exactly its length in tokens."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+def load_backends(modes=("vtc",), root: str | os.PathLike | None = None, device: str | None = "cpu", dtype: str | None = None):
+    """A mapping engine mode -> backend over the built-in models (one backend per model, shared by
+    the modes it serves): what `vtcr.evaluate.run_eval(backend=...)` takes."""
+    from vtcr.engine import TransformersBackend
 
-    from vtcr.prompts import SYSTEM_PROMPT
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex("[^A-Za-z]"), behavior="isolated"),
-         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-    )  # fmt: skip
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512, min_frequency=1, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator([SYSTEM_PROMPT, "system user assistant Add answer think"], trainer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path))
-    return path
-
-
-def init_builtin_model(recipe: BuiltinRecipe, tokenizer_file: Path, out: Path) -> Path:
-    """A random-weight checkpoint of `recipe.arch`/`recipe.size` whose vocabulary is the tokenizer's
-    own (rounded up to 64) instead of the family's 150k: the same architecture, a tiny embedding."""
-    import torch
-    from transformers import AutoModelForImageTextToText, GenerationConfig, PreTrainedTokenizerFast
-
-    from vtcr.models import ModelMeta, build_config, make_processor, prepare_tokenizer, save_checkpoint
-
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
-    ids = prepare_tokenizer(tok, recipe.arch, published_vocab_size=1)  # 1: always the tokenizer's size
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.seed)
-        model = AutoModelForImageTextToText.from_config(build_config(recipe.arch, recipe.size, ids), dtype=torch.float32)
-    model.generation_config = GenerationConfig(eos_token_id=list(ids.stop), pad_token_id=ids.pad, bos_token_id=ids.bos)
-    meta = ModelMeta(arch=recipe.arch, size=recipe.size, render_preset=recipe.preset, created_by="vtcr builtin (init)",
-                     seed=recipe.seed)  # fmt: skip
-    return save_checkpoint(model.eval(), make_processor(recipe.arch, tok), out, meta)
-
-
-def build_builtin_data(recipe: BuiltinRecipe, model_dir: Path, out: Path, progress: bool = False):
-    """The training set, made by the real builder from the task's traces (the model's tokenizer)."""
-    from vtcr.data import BuildConfig, SourceConfig, build_dataset
-
-    rows = [{"id": p["id"], "problem": p["question"], "trace": p["trace"], "answer": p["answer"]}
-            for p in problems(recipe.problems, recipe.seed, recipe)]  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    source = out.parent / "builtin_traces.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    config = BuildConfig(
-        SourceConfig(str(source)), segment_tokens=recipe.segment_tokens, tokenizer=str(model_dir),
-        preset=recipe.preset, families=(recipe.arch,), dataset_name="vtcr-builtin",
-    )  # fmt: skip
-    return build_dataset(config, out, progress=progress, plots=False)
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "vtcr"
-
-
-def builtin_model_dir(cache_dir: str | os.PathLike | None = None, recipe: BuiltinRecipe | None = None) -> Path:
-    """Where the built-in checkpoint of `recipe` lives (whether or not it is trained yet)."""
-    recipe = recipe or BuiltinRecipe()
-    return cache_root(cache_dir) / "builtin" / f"{recipe.arch}-{recipe.size}-{recipe.key()}"
-
-
-@contextmanager
-def _lock(path: Path):
-    """One trainer per cache folder at a time; others wait, then find the finished model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def ensure_builtin_model(
-    cache_dir: str | os.PathLike | None = None,
-    *,
-    recipe: BuiltinRecipe | None = None,
-    progress: bool = False,
-    force: bool = False,
-) -> Path:
-    """The built-in checkpoint folder, trained now (deterministically; ~9 min on a 2-core CPU)
-    unless already cached. The folder is a normal vtcr checkpoint: pass it to `vtcr reason --model`.
-    """
-    recipe = recipe or BuiltinRecipe()
-    target = builtin_model_dir(cache_dir, recipe)
-    with _lock(target.with_name(target.name + ".lock")):
-        if force and target.exists():
-            shutil.rmtree(target)
-        if (target / DONE_FILE).is_file():
-            return target
-        work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.work-"))
-        try:
-            started = time.perf_counter()
-            init = init_builtin_model(recipe, task_tokenizer(work / "tokenizer" / "tokenizer.json"), work / "init")
-            report = build_builtin_data(recipe, init, work / "data", progress=progress)
-            result = train_builtin(recipe, init, work / "data", work / "model", progress=progress)
-            info = {
-                "recipe": recipe.to_dict(),
-                "samples": report.stats["samples"],
-                "problems": report.stats["problems"],
-                "train_seconds": result.log["timing"]["train_seconds"],
-                "total_seconds": round(time.perf_counter() - started, 3),
-                "final_train_loss": result.log["final_train_loss"],
-                "global_step": result.global_step,
-            }
-            model = work / "model"
-            shutil.rmtree(model / "checkpoints", ignore_errors=True)  # the cache keeps the model only
-            (model / DONE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(model, target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    return target
-
-
-def train_builtin(recipe: BuiltinRecipe, model_dir: Path, data_dir: Path, out: Path, progress: bool = False):
-    from vtcr.train import TrainConfig, train
-
-    config = TrainConfig(
-        data=str(data_dir), model=str(model_dir), out=str(out), lr=recipe.lr, epochs=recipe.epochs,
-        batch_size=recipe.batch_size, grad_accum=1, warmup_ratio=recipe.warmup_ratio, cutoff_len=recipe.cutoff_len,
-        seed=recipe.seed, save_steps=10**6, save_total_limit=1, logging_steps=10, progress=progress, workers=recipe.workers,
-        freeze_vision=False,  # the vision tower starts random: it must learn to read the pages
-        max_image_pixels=recipe.max_image_pixels,
-    )  # fmt: skip
-    return train(config)
-
-
-def answered_correctly(record, gold: str) -> bool:
-    """A run of the task is correct when it finished with exactly the gold sum."""
-    return record.finished and (record.answer or "").strip() == gold
-
-
-def evaluate_builtin(
-    model_dir: str | os.PathLike, questions: list[tuple[str, str]] | None = None, modes: tuple[str, ...] = ("vtc", "no-memory")
-) -> dict[str, Any]:
-    """Accuracy of the model per engine mode on held-out task questions (greedy)."""
-    from vtcr.engine import TransformersBackend, reason_many
-
-    questions = questions or heldout_questions()
-    backend = TransformersBackend.from_pretrained(model_dir, device="cpu")
-    out: dict[str, Any] = {"questions": len(questions)}
+    loaded: dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for mode in modes:
-        started = time.perf_counter()
-        records = reason_many([q for q, _ in questions], backend, builtin_engine_config(mode))
-        correct = sum(answered_correctly(r, a) for r, (_, a) in zip(records, questions))
-        out[mode] = {
-            "accuracy": correct / len(questions),
-            "finished": sum(r.finished for r in records) / len(questions),
-            "mean_rounds": sum(len(r.rounds) for r in records) / len(questions),
-            "seconds": round(time.perf_counter() - started, 3),
-        }
+        name = model_for_mode(mode)
+        if name not in loaded:
+            loaded[name] = TransformersBackend.from_pretrained(model_dir(mode, root), device=device, dtype=dtype,
+                                                               name=f"builtin-{name}")  # fmt: skip
+        out[mode] = loaded[name]
+    return out
+
+
+def info(root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Where the built-in weights are, whether each model verifies, and the manifest's summary."""
+    base = weights_root(root)
+    out: dict[str, Any] = {"weights": str(base), "models": {}}
+    try:
+        manifest = read_manifest(root)
+    except BuiltinWeightsError as exc:
+        out["error"] = str(exc)
+        for name in MODES_TRAINED:
+            out["models"][name] = {"path": str(base / name), "ok": False, "error": str(exc)}
+        return out
+    for name in MODES_TRAINED:
+        entry: dict[str, Any] = {"path": str(base / name)}
+        try:
+            verify(name, root)
+            entry["ok"] = True
+        except BuiltinWeightsError as exc:
+            entry.update(ok=False, error=str(exc))
+        entry["bytes"] = sum(v["bytes"] for k, v in manifest.get("files", {}).items() if k.startswith(name + "/"))
+        trained = (manifest.get("trained") or {}).get(name) or {}
+        entry["final_train_loss"] = trained.get("final_train_loss")
+        out["models"][name] = entry
+    out["recipe"] = manifest.get("recipe")
+    out["recipe_key"] = manifest.get("recipe_key")
+    out["figures"] = manifest.get("figures")
     return out
 
 
 __all__ = [
-    "BuiltinRecipe", "answered_correctly", "builtin_engine_config", "builtin_model_dir", "ensure_builtin_model", "evaluate_builtin",
-    "heldout_questions", "parse_question", "problems", "question", "state_lines", "trace",
+    "EXAMPLE_QUESTION", "LINES_PER_SEGMENT", "ROUND_TOKENS", "SUPPORTED_LENGTHS", "TASK_HELP", "TRAIN_LENGTHS",
+    "WEIGHTS_DIR", "BuiltinRecipe", "BuiltinWeightsError", "builtin_engine_config", "builtin_render_config", "info",
+    "load_backends", "model_dir", "model_for_mode", "off_task_warning", "read_manifest", "rebuild", "verify",
+    "weights_root",
 ]  # fmt: skip
+
+
+def default_notice(modes, root: str | os.PathLike | None = None) -> str:
+    """What `vtcr reason` / `vtcr eval` print when no --model is given: which built-in model serves
+    which mode, and how to use a real checkpoint instead."""
+    base = weights_root(root)
+    used = ", ".join(f"{mode}: {base / model_for_mode(mode)}" for mode in modes)
+    return (f"no --model given: using vtcr's built-in models ({used}); they solve only the built-in task. "
+            "Use --model PATH or --server URL for a real checkpoint.")
+
+
+def eval_warning(benchmarks) -> str | None:
+    """A warning when the built-in models are asked to run benchmarks other than `builtin`."""
+    other = [b for b in benchmarks if b != "builtin"]
+    if not other:
+        return None
+    return (f"warning: the built-in models only solve the builtin benchmark; {', '.join(other)} will score ~0. "
+            "Give --model PATH or --server URL to evaluate a real checkpoint.")
+
+
+__all__ += ["default_notice", "eval_warning"]

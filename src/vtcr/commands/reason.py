@@ -22,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("question", help="the question text, or - to read it from standard input")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", metavar="PATH", help="checkpoint folder (or hub id) for the transformers backend")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", metavar="PATH", help="checkpoint folder (or hub id) for the transformers backend "
+                        "(default: vtcr's built-in model for the mode, which solves only the built-in task)")
     source.add_argument("--server", metavar="URL",
                         help="base URL of an OpenAI-compatible server (e.g. http://localhost:8000/v1)")
     p.add_argument("--served-model", metavar="NAME", help="model name on the server (required with --server)")
@@ -41,8 +42,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def uses_builtin(args: argparse.Namespace) -> bool:
+    return args.model is None and args.server is None
+
+
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
-    base = EngineConfig(mode=args.mode, answer_type=args.answer_type, save_images=bool(args.save_images and args.out))
+    settings = {"mode": args.mode, "answer_type": args.answer_type, "save_images": bool(args.save_images and args.out)}
+    if uses_builtin(args):  # the built-in models' own settings (greedy, short rounds) under the user's flags
+        from vtcr.builtin import builtin_engine_config
+
+        base = builtin_engine_config(**settings)
+    else:
+        base = EngineConfig(**settings)
     return engine_config_from_args(args, base)
 
 
@@ -52,8 +63,17 @@ def run(args: argparse.Namespace) -> int:
     question = sys.stdin.read() if args.question == "-" else args.question
     config = config_from_args(args)
     check_question(question)  # before loading a model
-    backend = open_backend(args.model, server=args.server, served_model=args.served_model, device=args.device,
-                           dtype=args.dtype, timeout_s=args.timeout)  # fmt: skip
+    if uses_builtin(args):
+        from vtcr.builtin import default_notice, load_backends, off_task_warning
+
+        print(default_notice([config.mode]), file=sys.stderr)
+        warning = off_task_warning(question)
+        if warning:
+            print(warning, file=sys.stderr)
+        backend = load_backends([config.mode], device=args.device or "cpu", dtype=args.dtype)[config.mode]
+    else:
+        backend = open_backend(args.model, server=args.server, served_model=args.served_model, device=args.device,
+                               dtype=args.dtype, timeout_s=args.timeout)  # fmt: skip
     out = sys.stderr if args.json else sys.stdout
 
     def on_round(_index, rnd, record) -> None:

@@ -74,7 +74,10 @@ def register(subparsers) -> None:
     p.add_argument("--save-steps", type=int, default=D["save_steps"], help=f"checkpoint every N optimizer steps (default {D['save_steps']})")
     p.add_argument("--save-total-limit", type=int, default=D["save_total_limit"], help=f"checkpoints kept (default {D['save_total_limit']})")
     p.add_argument("--logging-steps", type=int, default=D["logging_steps"], help=f"log the loss every N steps (default {D['logging_steps']})")
-    p.add_argument("--workers", type=int, default=D["workers"], help=f"DataLoader worker processes (default {D['workers']})")
+    p.add_argument("--workers", type=int, default=D["workers"],
+                   help="DataLoader worker processes (default: 0 on <= 2 cores, else 1 per 8 cores this process may use)")
+    p.add_argument("--threads", type=int, default=D["threads"],
+                   help="torch threads (default: the cores this process may use, minus the workers)")
     p.add_argument("--overwrite", action="store_true", help="delete OUT and start over instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--inspect", type=int, default=None, metavar="N",
@@ -93,7 +96,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed, dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
         deepspeed=args.deepspeed, render_preset=args.render_preset, render_config=args.render_config,
         save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit, logging_steps=args.logging_steps, workers=args.workers,
+        save_total_limit=args.save_total_limit, logging_steps=args.logging_steps, workers=args.workers, threads=args.threads,
         progress=not args.no_progress,
     )  # fmt: skip
 

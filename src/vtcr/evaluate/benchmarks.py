@@ -53,6 +53,7 @@ class Benchmark:
     prompt: str = MATH_PROMPT
     default_samples: int = 1
     id_field: str | None = None
+    generator: str | None = None  # a seeded task family (`vtcr.data.synthetic`) instead of a data file
 
     def __post_init__(self) -> None:
         if self.gold_reader not in GOLD_READERS:
@@ -98,7 +99,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("gpqa_diamond", "gpqa_diamond/test.jsonl.gz", "question", "answer", "letter", "multiple_choice", prompt=CHOICE_PROMPT),
     Benchmark("aime24", "aime24/test.jsonl", "problem", "answer", "number", "integer", id_field="id"),
     Benchmark("minerva_math", "minerva_math/test.jsonl", "problem", "solution", "last_boxed", id_field="idx"),
+    # The built-in task (Fibonacci mod 10 with an accumulator): problems generated from
+    # EvalConfig.task_seed / task_length, none of them in the built-in models' training set.
+    Benchmark("builtin", "builtin", "question", "answer", "plain", "integer", id_field="id", generator="fib10"),
 )
+DEFAULT_GENERATED = 100  # problems of a generated benchmark when no limit is given
 
 
 def list_benchmarks() -> list[str]:
@@ -179,9 +184,29 @@ def _open_text(path: Path):
     return path.open(encoding="utf-8")
 
 
-def load_benchmark(benchmark: str | Benchmark, root: str | Path | None = None) -> list[Problem]:
-    """The problems of a benchmark (a registered name, or your own `Benchmark`), in file order."""
+def generate_benchmark(
+    benchmark: str | Benchmark, n: int = DEFAULT_GENERATED, seed: int | None = None, lengths: Any = None
+) -> list[Problem]:
+    """`n` problems of a generated benchmark (`builtin`): seeded, held out from the built-in models'
+    training set, lengths `lengths` ("MIN:MAX" steps; default: the supported range, which spans
+    the trained lengths and goes 1.5x beyond). ValueError for an unsupported length range."""
+    from vtcr.data import synthetic
+
     bench = benchmark if isinstance(benchmark, Benchmark) else get_benchmark(benchmark)
+    if bench.generator != "fib10":
+        raise ValueError(f"benchmark {bench.name!r} is not a generated benchmark")
+    seed = synthetic.HELDOUT_SEED if seed is None else seed
+    rows = synthetic.heldout_problems(n, seed, synthetic.SUPPORTED_LENGTHS if lengths is None else lengths)
+    return [Problem(id=r["id"], question=r["question"], gold=r["answer"], answer_type=bench.answer_type, benchmark=bench.name)
+            for r in rows]  # fmt: skip
+
+
+def load_benchmark(benchmark: str | Benchmark, root: str | Path | None = None) -> list[Problem]:
+    """The problems of a benchmark (a registered name, or your own `Benchmark`), in file order
+    (a generated benchmark: its default problems, see `generate_benchmark`)."""
+    bench = benchmark if isinstance(benchmark, Benchmark) else get_benchmark(benchmark)
+    if bench.generator is not None:
+        return generate_benchmark(bench)
     path = benchmarks_root(root) / bench.path
     if not path.is_file():
         raise FileNotFoundError(f"benchmark {bench.name!r}: data file not found: {path}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from vtcr.engine.modes import MODES, EngineConfig
+from vtcr.data.synthetic import HELDOUT_SEED, SUPPORTED_LENGTHS, parse_length_range
 from vtcr.evaluate.benchmarks import get_benchmark
 
 DEFAULT_MODES = ("vtc", "standard")
@@ -25,7 +26,9 @@ class EvalConfig:
     """Everything that decides the numbers of an evaluation.
 
     samples: samples per problem; None uses each benchmark's default (16 for aime25/amc23, else 1).
-    limit: only the first `limit` problems of each benchmark (file order).
+    limit: only the first `limit` problems of each benchmark (file order; a generated benchmark such
+    as `builtin` makes `limit` problems, default 100). task_seed / task_length: the seed and the
+    lengths in steps ((min, max) or "MIN:MAX") of the generated `builtin` problems.
     model: a checkpoint folder or hub id (in-process transformers), or with `server` the served
     model name is `served_model`.
     batch_size: problem x sample pairs handed to the engine at once (bounds memory; the unit of the
@@ -44,6 +47,8 @@ class EvalConfig:
     served_model: str | None = None
     batch_size: int = 64
     save_images: bool = True
+    task_seed: int = HELDOUT_SEED
+    task_length: tuple[int, int] = SUPPORTED_LENGTHS
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so the config stays hashable and compares equal.
@@ -75,6 +80,9 @@ class EvalConfig:
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if isinstance(self.task_seed, bool) or not isinstance(self.task_seed, int):
+            raise ValueError(f"task_seed must be an int, got {self.task_seed!r}")
+        object.__setattr__(self, "task_length", parse_length_range(self.task_length))  # refuses unsupported lengths
         if self.server is not None and not self.served_model:
             raise ValueError("a server needs the served model name (served_model / --served-model)")
         if self.server is not None and self.model is not None:
@@ -86,6 +94,7 @@ class EvalConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["benchmarks"], d["modes"] = list(self.benchmarks), list(self.modes)
         d["engine"] = self.engine.to_dict()
+        d["task_length"] = list(self.task_length)
         return d
 
     def to_json(self) -> str:

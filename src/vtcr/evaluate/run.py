@@ -50,7 +50,7 @@ from typing import Any, Iterator
 from vtcr._io import write_text_atomic
 from vtcr.engine import iter_reason, open_backend
 from vtcr.engine.record import save_round_pages
-from vtcr.evaluate.benchmarks import Benchmark, Problem, get_benchmark, load_benchmark
+from vtcr.evaluate.benchmarks import DEFAULT_GENERATED, Benchmark, Problem, generate_benchmark, get_benchmark, load_benchmark
 from vtcr.evaluate.config import EvalConfig
 from vtcr.evaluate.figures import format_figure
 from vtcr.evaluate.report import write_reports
@@ -189,6 +189,10 @@ def load_problems(config: EvalConfig, data_root: str | os.PathLike | None = None
     """Each benchmark's first `limit` problems (all of them are read, so a bad line fails early)."""
     out = {}
     for name in config.benchmarks:
+        bench = get_benchmark(name)
+        if bench.generator is not None:
+            out[name] = generate_benchmark(bench, config.limit or DEFAULT_GENERATED, config.task_seed, config.task_length)
+            continue
         problems = load_benchmark(name, root=data_root)
         out[name] = problems[: config.limit] if config.limit else problems
     return out

@@ -19,7 +19,7 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")
 CONFIG_FILE = "train_config.json"
 
 # Fields a resumed run may change: they do not change what is trained or in which order.
-RESUME_FREE = frozenset({"save_steps", "save_total_limit", "logging_steps", "workers", "progress"})
+RESUME_FREE = frozenset({"save_steps", "save_total_limit", "logging_steps", "workers", "threads", "progress"})
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ class TrainConfig:
     save_steps: int = 500
     save_total_limit: int | None = 2
     logging_steps: int = 1
-    workers: int = 0
+    workers: int | None = None
+    threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -75,7 +76,10 @@ class TrainConfig:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         for name in ("batch_size", "grad_accum", "cutoff_len", "save_steps", "logging_steps", "lora_r"):
             _check_int(name, getattr(self, name), minimum=1)
-        _check_int("workers", self.workers, minimum=0)
+        if self.workers is not None:
+            _check_int("workers", self.workers, minimum=0)
+        if self.threads is not None:
+            _check_int("threads", self.threads, minimum=1)
         _check_int("seed", self.seed, minimum=None)
         for name in ("max_steps", "max_image_pixels", "save_total_limit"):
             if getattr(self, name) is not None:
@@ -93,6 +97,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def resources(self) -> tuple[int, int]:
+        """(torch threads, data-loader workers) of this run: the given values, else sized from the
+        cores this process may really use (`usable_cores`), never more busy threads than cores."""
+        return resolve_resources(self.threads, self.workers)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -122,3 +131,26 @@ def _check_int(name: str, value: Any, minimum: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
         bound = "" if minimum is None else f" >= {minimum}"
         raise ValueError(f"{name} must be an int{bound}, got {value!r}")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's core count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_resources(threads: int | None, workers: int | None, cores: int | None = None) -> tuple[int, int]:
+    """(threads, workers): on <= 2 cores no data-loader process (it would take a core from the
+    compute threads: a step then waits on both); on more, a worker per 8 cores (at most 4) and the
+    rest for torch. A given value is kept; the other fills what is left (at least 1 thread)."""
+    cores = cores or usable_cores()
+    if workers is None:
+        workers = 0 if cores <= 2 else min(4, max(1, cores // 8))
+        if threads is not None:
+            workers = min(workers, max(0, cores - threads))
+    if threads is None:
+        threads = max(1, cores - workers)
+    return threads, workers
+

@@ -394,6 +394,9 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
     import torch
     from transformers import AutoModelForImageTextToText, PrinterCallback, ProgressCallback, TrainingArguments
 
+    threads, workers = config.resources()
+    torch.set_num_threads(threads)  # sized to this process's cores: no oversubscription beside other work
+
     cuda = torch.cuda.is_available()
     mixed = cuda and config.dtype in ("auto", "bf16") and torch.cuda.is_bf16_supported()
     args = TrainingArguments(
@@ -416,7 +419,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
         seed=config.seed,
         data_seed=config.seed,
         remove_unused_columns=False,
-        dataloader_num_workers=config.workers,
+        dataloader_num_workers=workers,
         dataloader_pin_memory=cuda,
         deepspeed=config.deepspeed,
         report_to="none",
@@ -488,7 +491,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
             "parameters": {"total": int(total), "trainable": int(trainable), "vision_frozen": int(frozen)},
             "precision": {"weights": str(load_dtype).removeprefix("torch."), "bf16_autocast": mixed},
             "device": "cuda" if cuda else "cpu",
-            "timing": {"train_seconds": round(train_seconds, 3), **_step_stats(timer.seconds)},
+            "timing": {"train_seconds": round(train_seconds, 3), **_step_stats(timer.seconds), "threads": threads, "workers": workers},
             "memory": peak_memory(),
             "final_train_loss": round(float(output.training_loss), 6) if output.training_loss is not None else None,
             "loss_history": [

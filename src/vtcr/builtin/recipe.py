@@ -1,0 +1,345 @@
+"""The recipe of the built-in models, and `rebuild`: vtcr's own builder and trainer, end to end.
+
+tokenizer -> tiny Qwen3-VL with random weights (`vtcr.models`) -> task traces
+(`vtcr.data.synthetic`) -> the real builder (`vtcr.data.build_dataset`, the built-in page layout)
+-> the trainer (`vtcr.train.train`) twice from the same initial weights, on the same problems with
+the same steps and batch: ``vtc`` (optical-memory samples) and ``standard`` (whole traces).
+
+`rebuild` works in a work folder next to the target (`.rebuild-work`), one finished stage at a time
+(init, data, each model, each with its own marker), under an fcntl lock; a killed rebuild resumes
+from the last finished stage (the trainer resumes from its last checkpoint). It publishes the two
+models and a manifest (sha256 of every file) with one rename, then removes the work folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vtcr.data.synthetic import LINES_PER_SEGMENT, TRAIN_LENGTHS, TRAIN_PROBLEMS, TRAIN_SEED, Problem, problems
+
+RECIPE_VERSION = 3  # bump when anything below changes what is trained
+MODES_TRAINED = ("vtc", "standard")
+MANIFEST_FILE = "manifest.json"
+LOCK_NAME = ".rebuild.lock"
+WORK_NAME = ".rebuild-work"
+LINE_TOKENS = len(Problem(0, 1, 0, (1, 1), 1).lines()[0])  # one token per character
+
+
+def builtin_render_config():
+    """The built-in models' pages: 6 task lines of DejaVu Sans 12 px on a 288x96 page, which the
+    Qwen3-VL processor keeps as it is (multiples of 32 px): 27 vision tokens a page."""
+    from vtcr.render import RenderConfig
+
+    return RenderConfig(
+        page_size=(288.0, 96.0), dpi=72, margin_x=4.0, margin_y=3.0, font_size=12.0, line_height=13.0,
+        alignment="LEFT", newline_markup="<br/>", name="builtin",
+    )  # fmt: skip
+
+
+PAGE_PIXELS = 288 * 96
+
+
+@dataclass(frozen=True)
+class BuiltinRecipe:
+    """Everything that decides the built-in checkpoints (recorded in the manifest)."""
+
+    arch: str = "qwen3-vl"
+    size: str = "tiny"
+    seed: int = TRAIN_SEED
+    problems: int = TRAIN_PROBLEMS
+    lengths: tuple[int, int] = TRAIN_LENGTHS
+    lines_per_segment: int = LINES_PER_SEGMENT
+    lr: float = 2e-3
+    max_steps: int = 700
+    batch_size: int = 4
+    warmup_ratio: float = 0.03
+    cutoff_len: int = 2048
+    save_steps: int = 100
+    # stage 2: the same trainer again from stage 1's weights (a second cosine cycle, another data order)
+    stage2_steps: int = 800
+    stage2_lr: float = 2e-3
+    # Only the vtc model gets stage 2: the standard model's loss had flattened at stage 1's end
+    # (0.054 vs vtc 0.18), and its steps cost ~3x (whole traces); see MODEL_CARD.md.
+    stage2_modes: tuple[str, ...] = ("vtc",)
+    modes: tuple[str, ...] = field(default=MODES_TRAINED)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lengths", tuple(self.lengths))
+        object.__setattr__(self, "modes", tuple(self.modes))
+        object.__setattr__(self, "stage2_modes", tuple(self.stage2_modes))
+        unknown = [m for m in self.modes if m not in MODES_TRAINED]
+        if unknown or not self.modes:
+            raise ValueError(f"recipe modes {self.modes!r}: choose from {', '.join(MODES_TRAINED)}")
+
+    @property
+    def segment_tokens(self) -> int:
+        return self.lines_per_segment * LINE_TOKENS
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["lengths"] = list(self.lengths)
+        out["modes"] = list(self.modes)
+        out["stage2_modes"] = list(self.stage2_modes)
+        out["version"] = RECIPE_VERSION
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuiltinRecipe:
+        data = {k: v for k, v in data.items() if k != "version"}
+        return cls(**data)
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --- the stages -----------------------------------------------------------------------------------
+
+
+def task_tokenizer(path: Path) -> Path:
+    """The built-in tokenizer (tokenizer.json): one token per byte, except that runs of letters
+    merge into words learned on the system prompt, the question template and the chat roles.
+    Digits, spaces and punctuation stay one token each: a task line costs its length in tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from vtcr.prompts import SYSTEM_PROMPT
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex("[^A-Za-z]"), behavior="isolated"),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )  # fmt: skip
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, min_frequency=1, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    corpus = [SYSTEM_PROMPT, "system user assistant answer think Repeat until Answer"]
+    tok.train_from_iterator(corpus, trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path
+
+
+def init_builtin_model(recipe: BuiltinRecipe, tokenizer_file: Path, out: Path) -> Path:
+    """Random-weight `recipe.arch`/`recipe.size` whose vocabulary is the tokenizer's own (rounded
+    up to 64) instead of the family's 150k: the same architecture, a tiny embedding."""
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig, PreTrainedTokenizerFast
+
+    from vtcr.models import ModelMeta, build_config, make_processor, prepare_tokenizer, save_checkpoint
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
+    ids = prepare_tokenizer(tok, recipe.arch, published_vocab_size=1)  # 1: always the tokenizer's size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        model = AutoModelForImageTextToText.from_config(build_config(recipe.arch, recipe.size, ids), dtype=torch.float32)
+    model.generation_config = GenerationConfig(eos_token_id=list(ids.stop), pad_token_id=ids.pad, bos_token_id=ids.bos)
+    meta = ModelMeta(arch=recipe.arch, size=recipe.size, render_preset=None,
+                     render_config=builtin_render_config().to_dict(), created_by="vtcr builtin (init)",
+                     max_image_pixels=PAGE_PIXELS, seed=recipe.seed)  # fmt: skip
+    return save_checkpoint(model.eval(), make_processor(recipe.arch, tok), out, meta, overwrite=True)
+
+
+def build_builtin_data(recipe: BuiltinRecipe, model_dir: Path, out: Path, progress: bool = False):
+    """The training set, made by the real builder from the task's traces (the model's tokenizer)."""
+    from vtcr.data import BuildConfig, SourceConfig, build_dataset
+
+    rows = [{"id": p["id"], "problem": p["question"], "trace": p["trace"], "answer": p["answer"]}
+            for p in problems(recipe.problems, recipe.seed, recipe.lengths)]  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    source = out.parent / "builtin_traces.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    render_file = out.parent / "builtin_render.json"
+    render_file.write_text(json.dumps(builtin_render_config().to_dict(), indent=2) + "\n", encoding="utf-8")
+    config = BuildConfig(
+        SourceConfig(str(source)), segment_tokens=recipe.segment_tokens, tokenizer=str(model_dir),
+        preset=str(render_file), families=(recipe.arch,), dataset_name="vtcr-builtin", min_segments=1,
+    )  # fmt: skip
+    return build_dataset(config, out, progress=progress, plots=False)
+
+
+def train_config(recipe: BuiltinRecipe, mode: str, model_dir: Path, data_dir: Path, out: Path, *,
+                 progress: bool = False, threads: int | None = None, stage: int = 1):  # fmt: skip
+    """The TrainConfig of one stage of one model (stage 2 starts from stage 1's output)."""
+    from vtcr.train import TrainConfig
+
+    steps, lr, seed = (recipe.max_steps, recipe.lr, recipe.seed) if stage == 1 else (recipe.stage2_steps, recipe.stage2_lr, recipe.seed + 1)
+    return TrainConfig(
+        data=str(data_dir), model=str(model_dir), out=str(out), mode=mode, lr=lr, max_steps=steps,
+        batch_size=recipe.batch_size, grad_accum=1, warmup_ratio=recipe.warmup_ratio, cutoff_len=recipe.cutoff_len,
+        seed=seed, save_steps=recipe.save_steps, save_total_limit=1, logging_steps=10, progress=progress,
+        freeze_vision=False,  # the vision tower starts random: it must learn to read the pages
+        max_image_pixels=PAGE_PIXELS, **({"threads": threads} if threads is not None else {}),
+    )  # fmt: skip
+
+
+# --- files, manifest, lock ------------------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stored_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def write_manifest(folder: Path, info: dict[str, Any]) -> Path:
+    files = {str(p.relative_to(folder)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+             for p in _stored_files(folder) if p.name != MANIFEST_FILE}  # fmt: skip
+    manifest = {**info, "files": files}
+    path = folder / MANIFEST_FILE
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+@contextmanager
+def rebuild_lock(root: Path):
+    """One rebuild per weights folder at a time (fcntl; the OS drops it when a process dies, so a
+    killed rebuild leaves no stale lock). A second caller fails at once, naming the lock file."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_NAME
+    fh = open(path, "a")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another `vtcr builtin rebuild` holds {path}; wait for it to finish") from None
+        try:
+            yield path
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _stage(work: Path, name: str) -> Path:
+    return work / f"{name}.done"
+
+
+def _half_precision(model_dir: Path) -> None:
+    """Store the weights as float16 (loading casts them back to float32 on a CPU)."""
+    from safetensors.torch import load_file, save_file
+
+    import torch
+
+    for path in model_dir.glob("*.safetensors"):
+        tensors = load_file(str(path))
+        save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in tensors.items()}, str(path),
+                  metadata={"format": "pt"})  # fmt: skip
+        os.chmod(path, 0o644)
+
+
+_KEEP = ("checkpoints", "train_config.json", "train_log.jsonl", "loss.png")
+
+
+def rebuild(
+    root: str | os.PathLike,
+    recipe: BuiltinRecipe | None = None,
+    *,
+    progress: bool = False,
+    threads: int | None = None,
+    half: bool = True,
+    log=print,
+) -> dict[str, Any]:
+    """Train the built-in models of `recipe` and publish them under `root` (`root/vtc`,
+    `root/standard`, `root/manifest.json`). Resumes a killed rebuild of the same recipe; a work
+    folder of another recipe is discarded. Returns the manifest."""
+    recipe = recipe or BuiltinRecipe()
+    root = Path(root)
+    with rebuild_lock(root):
+        work = root / WORK_NAME
+        recipe_file = work / "recipe.json"
+        if work.exists():
+            old = json.loads(recipe_file.read_text(encoding="utf-8")) if recipe_file.is_file() else None
+            if old != recipe.to_dict():
+                log(f"discarding {work}: it holds a rebuild of another recipe")
+                shutil.rmtree(work)
+            else:
+                log(f"resuming the rebuild in {work}")
+        work.mkdir(parents=True, exist_ok=True)
+        recipe_file.write_text(json.dumps(recipe.to_dict(), indent=2) + "\n", encoding="utf-8")
+        started = time.perf_counter()
+        init = work / "init"
+        if not _stage(work, "init").is_file():
+            log("1/4 tokenizer and random-weight model")
+            init_builtin_model(recipe, task_tokenizer(work / "tokenizer" / "tokenizer.json"), init)
+            _stage(work, "init").write_text("ok\n")
+        data = work / "data"
+        if not _stage(work, "data").is_file():
+            log(f"2/4 training set: {recipe.problems} problems, lengths {recipe.lengths[0]}:{recipe.lengths[1]}")
+            if data.exists():
+                shutil.rmtree(data)
+            build_builtin_data(recipe, init, data, progress=progress)
+            _stage(work, "data").write_text("ok\n")
+        stats = json.loads((data / "stats.json").read_text(encoding="utf-8")) if (data / "stats.json").is_file() else {}
+        trained: dict[str, Any] = {}
+        for i, mode in enumerate(recipe.modes):
+            out = work / "models" / mode
+            if not _stage(work, f"train-{mode}").is_file():
+                log(f"{3 + i}/4 training the {mode} model: {recipe.max_steps} steps of batch {recipe.batch_size}")
+                from vtcr.train import train
+
+                train(train_config(recipe, mode, init, data, out, progress=progress, threads=threads))
+                _stage(work, f"train-{mode}").write_text("ok\n")
+            final = out
+            if recipe.stage2_steps and mode in recipe.stage2_modes:
+                final = work / "models2" / mode
+                if not _stage(work, f"train2-{mode}").is_file():
+                    log(f"{3 + i}/4 stage 2 of the {mode} model: {recipe.stage2_steps} more steps")
+                    from vtcr.train import train
+
+                    train(train_config(recipe, mode, out, data, final, progress=progress, threads=threads, stage=2))
+                    _stage(work, f"train2-{mode}").write_text("ok\n")
+            trained[mode] = {}
+            for stage, folder in enumerate(dict.fromkeys((out, final)), start=1):
+                log_data = json.loads((folder / "train_log.json").read_text(encoding="utf-8"))
+                trained[mode][f"stage{stage}"] = {k: log_data.get(k) for k in ("final_train_loss", "timing", "global_step")}
+            trained[mode]["final_train_loss"] = log_data.get("final_train_loss")
+        publish = work / "publish"
+        if publish.exists():
+            shutil.rmtree(publish)
+        publish.mkdir()
+        for mode in recipe.modes:
+            dest = publish / mode
+            source = work / ("models2" if recipe.stage2_steps and mode in recipe.stage2_modes else "models") / mode
+            shutil.copytree(source, dest, ignore=shutil.ignore_patterns(*_KEEP))
+            if half:
+                _half_precision(dest)
+        manifest = write_manifest(publish, {
+            "recipe": recipe.to_dict(), "recipe_key": recipe.key(), "render_config": builtin_render_config().to_dict(),
+            "samples": stats.get("samples"), "problems": stats.get("problems"), "trained": trained,
+            "rebuild_seconds_this_run": round(time.perf_counter() - started, 1),
+        })  # fmt: skip
+        # publish: the old models move aside, the new folder's contents move in, the old go
+        old = root / ".rebuild-old"
+        if old.exists():
+            shutil.rmtree(old)
+        old.mkdir()
+        for name in (*MODES_TRAINED, MANIFEST_FILE):
+            if (root / name).exists():
+                os.replace(root / name, old / name)
+        for item in publish.iterdir():
+            os.replace(item, root / item.name)
+        shutil.rmtree(old, ignore_errors=True)
+        result = json.loads((root / MANIFEST_FILE).read_text(encoding="utf-8"))
+        shutil.rmtree(work, ignore_errors=True)
+        del manifest
+        return result

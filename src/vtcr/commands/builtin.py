@@ -1,0 +1,53 @@
+"""`vtcr builtin info | rebuild`: the built-in models shipped inside the package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vtcr.builtin import BuiltinRecipe, info, rebuild, weights_root
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("builtin", help="the built-in models: where they are, and the recipe that rebuilds them",
+                              description="vtcr's two built-in models (vtc and standard) and their recipe (MODEL_CARD.md).")
+    sub = p.add_subparsers(dest="builtin_command", required=True, metavar="{info,rebuild}")
+    i = sub.add_parser("info", help="where the built-in weights are and whether they verify (sha256 manifest)")
+    i.add_argument("--weights", metavar="DIR", help="a weights folder (default: the package's own, or $VTCR_BUILTIN_WEIGHTS)")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.set_defaults(func=run_info)
+    r = sub.add_parser("rebuild", help="train both built-in models with the documented recipe and publish them",
+                       description="Tokenizer, random-weight tiny Qwen3-VL, the task's training set by vtcr's builder, "
+                                   "then vtcr's trainer twice (vtc and standard samples), published with a sha256 "
+                                   "manifest in one step. A killed rebuild resumes where it stopped.")
+    defaults = BuiltinRecipe()
+    r.add_argument("--out", metavar="DIR", help="weights folder to publish into (default: the package's own)")
+    r.add_argument("--steps", type=int, default=defaults.max_steps, help=f"optimizer steps per model (default {defaults.max_steps})")
+    r.add_argument("--problems", type=int, default=defaults.problems, help=f"training problems (default {defaults.problems})")
+    r.add_argument("--threads", type=int, default=None, help="torch threads for training (default: the cores this process may use)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=run_rebuild)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    found = info(args.weights)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    print(f"built-in weights: {found['weights']}")
+    for name, m in found["models"].items():
+        state = "ok" if m.get("ok") else f"NOT OK: {m.get('error')}"
+        size = f", {m['bytes'] / 1e6:.1f} MB" if m.get("bytes") else ""
+        print(f"  {name}: {m['path']} ({state}{size})")
+    if found.get("recipe_key"):
+        print(f"recipe {found['recipe_key']}: {json.dumps(found['recipe'])}")
+    return 0 if all(m.get("ok") for m in found["models"].values()) else 1
+
+
+def run_rebuild(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    recipe = replace(BuiltinRecipe(), max_steps=args.steps, problems=args.problems)
+    manifest = rebuild(weights_root(args.out), recipe, progress=not args.quiet, threads=args.threads)
+    print(f"published the built-in models to {weights_root(args.out)} (recipe {manifest['recipe_key']})")
+    return 0
