@@ -4,7 +4,6 @@ data are reported as absent, never raised."""
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import json
 import os
 import shutil
@@ -80,10 +79,8 @@ def test_env_json_keys_and_values_match_this_machine(env_json):
     assert info["shared_data"]["path"] == (str(found) if found else None)
 
     b = info["builtin_models"]
-    if importlib.util.find_spec("vtcr.builtin") is None:
-        assert b == {"installed": False, "status": "not installed"}
-    else:
-        assert b["installed"] and b["status"] in ("ok", "damaged", "error")
+    assert b["installed"] and b["status"] == "ok", b  # the weights ship inside the package
+    assert set(b["models"]) == {"vtc", "standard"} and all(m["ok"] for m in b["models"].values())
 
 
 def test_tesseract_languages_are_listed_when_it_is_installed(env_json):
@@ -124,11 +121,20 @@ def test_absent_shared_data_says_how_to_point_at_it(tmp_path, monkeypatch):
     assert "VTCR_DATA" in data["hint"] and str(tmp_path / "nowhere") in data["hint"]
 
 
-def test_builtin_models_are_not_installed_without_the_package():
-    if importlib.util.find_spec("vtcr.builtin") is not None:
-        pytest.skip("vtcr.builtin is installed in this checkout")
-    assert collect_builtin_models() == {"installed": False, "status": "not installed"}
-    assert "built-in models: not installed" in format_env(collect_env())
+def test_damaged_builtin_weights_are_reported_naming_the_file(tmp_path, monkeypatch):
+    import shutil
+
+    import vtcr.builtin as builtin
+
+    copy = tmp_path / "weights"
+    shutil.copytree(builtin.weights_root(), copy)
+    damaged = next((copy / "standard").glob("*.safetensors"))
+    damaged.write_bytes(damaged.read_bytes()[:-7] + b"garbage")
+    monkeypatch.setenv(builtin.WEIGHTS_ENV, str(copy))
+    b = collect_builtin_models()
+    assert b["status"] == "damaged" and b["models"]["vtc"]["ok"] and not b["models"]["standard"]["ok"]
+    assert damaged.name in b["models"]["standard"]["error"]
+    assert "damaged" in format_env(collect_env())
 
 
 def test_text_form_names_every_package_and_the_torch_build(env_json):

@@ -149,9 +149,7 @@ def collect_shared_data() -> dict[str, Any]:
 
 
 def collect_builtin_models() -> dict[str, Any]:
-    """Where vtcr's built-in models are (`vtcr.builtin`), or that this install has none."""
-    if importlib.util.find_spec("vtcr.builtin") is None:
-        return {"installed": False, "status": NOT_INSTALLED}
+    """Where vtcr's built-in weights are (`vtcr.builtin`) and whether every file checks out."""
     try:
         import vtcr.builtin as builtin
 
