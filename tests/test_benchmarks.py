@@ -38,9 +38,10 @@ def loaded(root) -> dict:
 
 
 def test_registry():
-    assert list_benchmarks() == list(COUNTS)
+    assert list_benchmarks() == [*COUNTS, "builtin"]  # the shared files, then the generated built-in task
     samples = {b.name: b.default_samples for b in BENCHMARKS}
-    assert samples == {n: 16 if n in ("aime25", "amc23") else 1 for n in COUNTS}  # avg@16 as in the paper
+    assert samples == {**{n: 16 if n in ("aime25", "amc23") else 1 for n in COUNTS}, "builtin": 1}  # avg@16 as in the paper
+    assert [b.name for b in BENCHMARKS if b.generator] == ["builtin"]
     assert get_benchmark("gpqa_diamond").answer_type == "multiple_choice"
     for bench in BENCHMARKS:
         assert Benchmark.from_json(bench.to_json()) == bench
