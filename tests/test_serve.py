@@ -11,12 +11,10 @@ import http.client
 import io
 import itertools
 import json
-import os
 import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ from vtcr.engine.openai_backend import BackendError, OpenAIBackend
 from vtcr.engine.server import ChatApp, RequestError, ServerConfig, make_server, parse_chat_request
 from vtcr.render import Renderer, png_bytes, preset
 from vtcr.tokens import image_prompt_tokens, vision_tokens
+from serve_helpers import start_serve
 
 MODEL_NAME = "tiny-qwen3-vl"
 MAX_REQUEST_MB = 4
@@ -61,12 +60,6 @@ class Served:
         return self.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
 
 
-def _pump(stream, out: queue.Queue) -> None:
-    for line in stream:
-        out.put(line)
-    out.put(None)
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, qwen3_tokenizer_dir) -> Path:
     from vtcr.models import init_model
@@ -80,30 +73,11 @@ def tiny_model(tmp_path_factory, qwen3_tokenizer_dir) -> Path:
 @pytest.fixture(scope="module")
 def served(tiny_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-log") / "stderr.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "vtcr.cli", "serve", "--model", str(tiny_model), "--port", "0",
-           "--served-model-name", MODEL_NAME, "--max-request-mb", str(MAX_REQUEST_MB), "--device", "cpu",
-           "--max-image-pixels", str(MAX_IMAGE_PIXELS), "--max-model-len", str(CONTEXT),
-           "--max-images", str(MAX_IMAGES)]  # fmt: skip
-    env["VTCR_API_KEY"] = API_KEY  # the key from the environment, as a deployment would pass it
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
-    deadline, port = time.monotonic() + START_TIMEOUT_S, None
-    while port is None and time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
-            break
-        if line is None:
-            break
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/v1", line)
-        port = int(match.group(1)) if match else None
-    if port is None:
-        proc.kill()
-        proc.wait(10)
-        pytest.fail(f"vtcr serve did not start in {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+    args = ["--model", str(tiny_model), "--served-model-name", MODEL_NAME, "--max-request-mb", str(MAX_REQUEST_MB),
+            "--device", "cpu", "--max-image-pixels", str(MAX_IMAGE_PIXELS), "--max-model-len", str(CONTEXT),
+            "--max-images", str(MAX_IMAGES)]  # fmt: skip
+    # the key from the environment, as a deployment would pass it
+    proc, port, lines = start_serve(args, log, env={"VTCR_API_KEY": API_KEY}, timeout_s=START_TIMEOUT_S)
     server = Served(proc, port, lines, log)
     yield server
     # Clean shutdown on SIGTERM: exit status 0 and a goodbye line.

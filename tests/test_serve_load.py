@@ -12,15 +12,12 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import http.client
-import itertools
 import json
-import os
 import queue
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +26,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
+from serve_helpers import start_serve  # noqa: E402
 from vtcr.render import Renderer, png_bytes, preset  # noqa: E402
 
 MODEL = "tiny-load"
@@ -66,12 +64,6 @@ class Server:
         return stats
 
 
-def _pump(stream, out: queue.Queue) -> None:
-    for line in stream:
-        out.put(line)
-    out.put(None)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, qwen3_tokenizer_dir):
     from vtcr.models import init_model
@@ -79,28 +71,9 @@ def server(tmp_path_factory, qwen3_tokenizer_dir):
     root = tmp_path_factory.mktemp("serve-load")
     model = init_model("qwen3-vl", "tiny", qwen3_tokenizer_dir, root / "tiny", seed=0)
     log = root / "stderr.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("VTCR_API_KEY", None)
-    cmd = [sys.executable, "-m", "vtcr.cli", "serve", "--model", str(model), "--port", "0", "--device", "cpu",
-           "--served-model-name", MODEL, "--max-model-len", str(CONTEXT), "--max-request-mb", str(MAX_REQUEST_MB),
-           "--shutdown-grace", str(GRACE_S), "--max-queue", "128"]  # fmt: skip
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
-    port, deadline = None, time.monotonic() + 120
-    while port is None and time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/v1", line)
-        port = int(match.group(1)) if match else None
-    if port is None:
-        proc.kill()
-        pytest.fail(f"vtcr serve did not start:\n{log.read_text()[-3000:]}")
+    args = ["--model", str(model), "--device", "cpu", "--served-model-name", MODEL, "--max-model-len", str(CONTEXT),
+            "--max-request-mb", str(MAX_REQUEST_MB), "--shutdown-grace", str(GRACE_S), "--max-queue", "128"]  # fmt: skip
+    proc, port, lines = start_serve(args, log, env={"VTCR_API_KEY": None})
     yield Server(proc, port, lines, log)
     if proc.poll() is None:  # the SIGTERM test did not run (selected out, or an earlier failure)
         proc.kill()
