@@ -14,6 +14,19 @@ from pathlib import Path
 from typing import Any
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """An argparse type: `a, b,c` -> ("a", "b", "c") (blank items dropped)."""
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def comma_ints(text: str) -> tuple[int, ...]:
+    """An argparse type: `1,8,32` -> (1, 8, 32); anything else is a usage error naming the value."""
+    try:
+        return tuple(int(p) for p in comma_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def default_of(cls: type, name: str) -> Any:
     """The default of dataclass field `name` of `cls`."""
     for f in dataclasses.fields(cls):

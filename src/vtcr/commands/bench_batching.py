@@ -8,7 +8,7 @@ import json
 
 from vtcr.bench.batching import BatchingConfig
 
-from ._common import shown
+from ._common import comma_ints, comma_list, shown
 
 _D = BatchingConfig()  # every flag's default and the default shown in its help come from here
 
@@ -20,14 +20,6 @@ examples:
 """
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in _csv(text))
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "batching", help="decode tokens/s of the transformers backend at several batch widths",
@@ -36,12 +28,12 @@ def register(subparsers) -> None:
                     "whether every request's tokens are the same at every width.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default=_D.arch, help=f"architecture of the random-weight models (default {_D.arch})")
-    p.add_argument("--sizes", type=_csv, default=_D.sizes, metavar="LIST",
+    p.add_argument("--sizes", type=comma_list, default=_D.sizes, metavar="LIST",
                    help=f"comma-separated sizes: tiny, small, 2b, 8b (default {shown(_D.sizes)})")
-    p.add_argument("--models", type=_csv, default=_D.models, metavar="DIRS",
+    p.add_argument("--models", type=comma_list, default=_D.models, metavar="DIRS",
                    help="comma-separated checkpoint folders instead of random-weight sizes")
     p.add_argument("--tokenizer", default=_D.tokenizer, help=f"tokenizer of the random-weight models (default {_D.tokenizer})")
-    p.add_argument("--widths", type=_ints, default=_D.widths, metavar="LIST",
+    p.add_argument("--widths", type=comma_ints, default=_D.widths, metavar="LIST",
                    help=f"comma-separated batch widths, the first is the baseline (default {shown(_D.widths)})")
     p.add_argument("--requests", type=int, default=_D.requests, metavar="N",
                    help="requests submitted at once (default: the largest width)")

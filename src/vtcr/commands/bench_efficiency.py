@@ -9,8 +9,9 @@ import json
 
 from vtcr.bench.efficiency import SELECT, EfficiencyConfig
 from vtcr.bench.replay import MODES
+from vtcr.models.architectures import ARCHS
 
-from ._common import shown
+from ._common import comma_ints, comma_list, shown
 
 _D = EfficiencyConfig()  # every flag's default and the default shown in its help come from here
 
@@ -24,17 +25,6 @@ the 2b and 8b sizes on a GPU and is never needed by the tests.
 """
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in text.split(",") if p.strip())
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "efficiency", help="replay real traces in every mode: prefill, decode, KV cache, memory, cost model",
@@ -42,7 +32,7 @@ def register(subparsers) -> None:
                     "architecture in the standard, vtc, vtc_no_reuse and text modes; report time, tokens and "
                     "memory per trace, mode and batch size beside an analytic FLOPs/bytes cost model.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", choices=("qwen3-vl", "qwen2.5-vl", "glm-4.1v"), default=_D.arch,
+    p.add_argument("--arch", choices=ARCHS, default=_D.arch,
                    help=f"architecture (default {_D.arch})")
     p.add_argument("--size", default=_D.size, help=f"tiny, small, 2b or 8b (default {_D.size})")
     p.add_argument("--like", default=_D.like, metavar="DIR",
@@ -54,9 +44,9 @@ def register(subparsers) -> None:
                    help=f"which N traces: the first, the longest, or spread over the lengths (default {_D.select})")
     p.add_argument("--segment-tokens", type=int, default=_D.segment_tokens,
                    help=f"segment length, as build-data splits traces (default {_D.segment_tokens})")
-    p.add_argument("--batch-sizes", type=_ints, default=_D.batch_sizes, metavar="LIST",
+    p.add_argument("--batch-sizes", type=comma_ints, default=_D.batch_sizes, metavar="LIST",
                    help=f"comma-separated batch sizes (default {shown(_D.batch_sizes)})")
-    p.add_argument("--modes", type=_names, default=_D.modes, metavar="LIST",
+    p.add_argument("--modes", type=comma_list, default=_D.modes, metavar="LIST",
                    help=f"comma-separated modes (default {shown(MODES)})")
     p.add_argument("--device", default=_D.device, help=f"cpu or cuda (default {_D.device})")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=_D.dtype,
@@ -70,7 +60,7 @@ def register(subparsers) -> None:
     p.add_argument("--trace-field", default=_D.trace_field, help=f"trace field (default {_D.trace_field})")
     p.add_argument("--answer-field", default=_D.answer_field, help=f"gold answer field (default {_D.answer_field})")
     p.add_argument("--id-field", default=_D.id_field, help=f"id field (default {_D.id_field})")
-    p.add_argument("--drop-if", type=_names, default=_D.drop_if, metavar="LIST",
+    p.add_argument("--drop-if", type=comma_list, default=_D.drop_if, metavar="LIST",
                    help=f"skip rows where these fields are true (default {shown(_D.drop_if)})")
     p.add_argument("--seed", type=int, default=_D.seed, help=f"weights seed (default {_D.seed})")
     p.add_argument("--out", default="efficiency-out", help="output folder (default efficiency-out)")

@@ -8,7 +8,7 @@ import json
 
 from vtcr.bench.fidelity import FidelityConfig
 
-from ._common import shown
+from ._common import comma_list, shown
 
 _D = FidelityConfig()  # every flag's default and the default shown in its help come from here
 
@@ -22,10 +22,6 @@ The searched config is written to OUT/search/searched_config.json (vtcr render -
 """
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in text.split(",") if p.strip())
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "fidelity", help="OCR the rendered pages: compression vs readability, and a render search",
@@ -34,15 +30,15 @@ def register(subparsers) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--traces", required=True, metavar="FILE",
                    help="JSONL(.gz) of traces (text from the first of --text-fields) or a .txt file")
-    p.add_argument("--presets", type=_names, default=_D.presets, metavar="LIST",
+    p.add_argument("--presets", type=comma_list, default=_D.presets, metavar="LIST",
                    help=f"comma-separated render presets (default {shown(_D.presets)})")
-    p.add_argument("--configs", type=_names, default=_D.configs, metavar="FILES",
+    p.add_argument("--configs", type=comma_list, default=_D.configs, metavar="FILES",
                    help="comma-separated Glyph/VTC-R1 render config JSON files")
     p.add_argument("--ocr", choices=("tesseract", "rapidocr"), default=_D.ocr, help=f"OCR engine (default {_D.ocr})")
     p.add_argument("--upscale", type=float, default=_D.upscale, help=f"page upscale before OCR (default {shown(_D.upscale)})")
     p.add_argument("--limit", type=int, default=_D.limit, help="first N texts (default: all)")
     p.add_argument("--max-chars", type=int, default=_D.max_chars, help="cut each text to about N characters")
-    p.add_argument("--text-fields", type=_names, default=_D.text_fields, metavar="LIST",
+    p.add_argument("--text-fields", type=comma_list, default=_D.text_fields, metavar="LIST",
                    help=f"JSONL fields holding the text, first non-empty wins (default {shown(_D.text_fields)})")
     p.add_argument("--include-truncated", action="store_true", default=_D.include_truncated,
                    help="also use rows with likely_truncated=true")
@@ -60,7 +56,7 @@ def register(subparsers) -> None:
                    help=f"characters per sample text (default {_D.search_chars})")
     s.add_argument("--search-trials", type=int, default=_D.search_trials,
                    help=f"OCR evaluations at most (default {_D.search_trials})")
-    s.add_argument("--search-params", type=_names, default=_D.search_params, metavar="LIST",
+    s.add_argument("--search-params", type=comma_list, default=_D.search_params, metavar="LIST",
                    help=f"render parameters to search (default all: {shown(_D.search_params)})")
     s.add_argument("--search-confirm", type=int, default=_D.search_confirm,
                    help=f"search-path configs confirmed on all texts at most (default {_D.search_confirm})")

@@ -9,16 +9,9 @@ import json
 
 from vtcr.bench.serve import ServeBenchConfig
 
-from ._common import shown
+from ._common import comma_ints, shown
 
 _D = ServeBenchConfig()
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def register(subparsers) -> None:
@@ -29,7 +22,7 @@ def register(subparsers) -> None:
                     "a time, plus the time from a streaming client's disconnect to its generation stopping.",
     )  # fmt: skip
     p.add_argument("--model", default=_D.model, help="checkpoint folder (default: a tiny random Qwen3-VL built under --out)")
-    p.add_argument("--clients", type=_ints, default=_D.clients, metavar="LIST",
+    p.add_argument("--clients", type=comma_ints, default=_D.clients, metavar="LIST",
                    help=f"comma-separated concurrent client counts (default {shown(_D.clients)})")
     p.add_argument("--requests", type=int, default=_D.requests,
                    help=f"requests per client count and mode (default {_D.requests})")

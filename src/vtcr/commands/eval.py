@@ -12,11 +12,7 @@ from vtcr.evaluate.config import EvalConfig
 from vtcr.evaluate.figures import format_figure
 from vtcr.evaluate.run import run_eval
 
-from ._common import add_engine_args, default_of, engine_config_from_args, param_default, shown
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
+from ._common import add_engine_args, comma_list, default_of, engine_config_from_args, param_default, shown
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "plots/*.png and index.html (a viewer of every run). A killed run continues with --resume."
         ),
     )
-    parser.add_argument("--benchmarks", required=True, type=_csv, metavar="LIST",
+    parser.add_argument("--benchmarks", required=True, type=comma_list, metavar="LIST",
                         help="comma-separated benchmark names (e.g. math500,aime25,amc23,gpqa_diamond)")
     source = parser.add_argument_group("model (one of)")
     source.add_argument("--model", metavar="PATH", help="checkpoint folder (or hub id) run in-process with transformers "
@@ -38,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--server", metavar="URL", help="OpenAI-compatible server (vllm serve, SGLang, vtcr serve)")
     source.add_argument("--served-model", metavar="NAME", help="model name on --server")
     modes = default_of(EvalConfig, "modes")
-    parser.add_argument("--modes", type=_csv, default=modes, metavar="LIST",
+    parser.add_argument("--modes", type=comma_list, default=modes, metavar="LIST",
                         help=f"comma-separated modes: {', '.join(MODES)} (default {shown(modes)})")
     parser.add_argument("--samples", type=int, metavar="K", help="samples per problem (default: per benchmark)")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N problems of each benchmark "
