@@ -297,9 +297,9 @@ def init_model_like(
     return save_checkpoint(model, processor, out_dir, meta.with_render(render), overwrite=overwrite)
 
 
-def resolve_model_path(path_or_id: str | os.PathLike) -> Path:
+def resolve_model_path(path_or_id: str | os.PathLike, allow_patterns: list[str] | None = None) -> Path:
     """A local checkpoint folder, or a hub id resolved through the local Hugging Face cache
-    (downloaded when online)."""
+    (downloaded when online; only the files matching `allow_patterns` when given)."""
     path = Path(path_or_id).expanduser()
     if path.exists():
         return path
@@ -308,7 +308,7 @@ def resolve_model_path(path_or_id: str | os.PathLike) -> Path:
         try:
             from huggingface_hub import snapshot_download
 
-            return Path(snapshot_download(text))
+            return Path(snapshot_download(text, allow_patterns=allow_patterns))
         except Exception as exc:
             raise FileNotFoundError(
                 f"model {text!r} is neither a local folder nor an available hub model ({exc})"

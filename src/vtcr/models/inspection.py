@@ -12,26 +12,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 A4_PAGE = (595, 842)  # an A4 page rendered at 72 dpi, in pixels (width, height)
 _METADATA_PATTERNS = ["*.json", "*.jinja"]
-
-
-def _resolve(path_or_id: str | os.PathLike) -> Path:
-    path = Path(path_or_id).expanduser()
-    if path.exists():
-        return path
-    text = str(path_or_id)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(text, allow_patterns=_METADATA_PATTERNS))
-        except Exception as exc:
-            raise FileNotFoundError(f"{text!r} is neither a local folder nor an available hub model ({exc})") from None
-    raise FileNotFoundError(f"model folder {path} does not exist")
 
 
 @dataclass(frozen=True)
@@ -90,11 +74,11 @@ def inspect_model(path_or_id: str | os.PathLike) -> ModelReport:
     from vtcr.tokens import vision_tokens
 
     from .architectures import dims, family
-    from .checkpoint import META_FILE, read_meta
+    from .checkpoint import META_FILE, read_meta, resolve_model_path
     from .conventions import chat_conventions
     from .metadata import read_metadata
 
-    path = _resolve(path_or_id)
+    path = resolve_model_path(path_or_id, allow_patterns=_METADATA_PATTERNS)  # metadata only, no weights
     meta = read_metadata(path)
     fam = family(meta.arch)
     if meta.chat_template is None:
