@@ -15,7 +15,7 @@ PACKAGE_DIR = Path(vtcr.__file__).resolve().parent
 
 # Lower layers never import higher ones (same-layer imports are allowed when they make no cycle).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("vtcr", "vtcr._lazy", "vtcr._io"),
+    ("vtcr", "vtcr._lazy", "vtcr._io", "vtcr._cpu"),
     ("vtcr.render",),
     ("vtcr.tokens", "vtcr.cost", "vtcr.prompts", "vtcr.sample", "vtcr.grade"),
     ("vtcr.data",),

@@ -12,7 +12,6 @@ width over width 1, measured in one run.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 import time
@@ -123,8 +122,9 @@ def run_batching(config: BatchingConfig, *, progress: bool = True) -> dict[str, 
     from vtcr.engine.modes import EngineConfig
     from vtcr.models import init_model, load_model
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(config.threads or cores)
+    from vtcr._cpu import usable_cores
+
+    torch.set_num_threads(config.threads or usable_cores())
     n = config.requests or max(config.widths)
     pages = _pages(config.pages, config.render_preset)
     messages = round_messages(EngineConfig(), QUESTION, pages)

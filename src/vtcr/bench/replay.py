@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from vtcr._cpu import usable_cores
 
 from .cost_model import Round
 
@@ -94,14 +94,6 @@ def cache_bytes(cache: Any) -> int:
             if t is not None and hasattr(t, "nbytes"):
                 total += int(t.nbytes)
     return total
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(a[:n], np.int64) != np.asarray(b[:n], np.int64))
-    return int(diff[0]) if diff.size else n
 
 
 class _Memory:
@@ -311,18 +303,22 @@ class Replayer:
         self._round(res, ids, [], 0, None, [], [], tokens, batch, ())
 
     def _run_text(self, trace: ReplayTrace, batch: int, res: ModeResult) -> None:
+        from vtcr.engine.transformers_backend import common_prefix_len, crop_cache
+
         base = self._tokenize(self._prompt_text(trace.question, 0, with_system=False), [])
         cache, cached_ids = None, []
         ids = list(base)
         for turn in trace.turn_ids:
-            reuse = min(_common_prefix(cached_ids, ids), len(ids) - 1) if cache is not None else 0
+            reuse = min(common_prefix_len(cached_ids, ids), len(ids) - 1) if cache is not None else 0
             if cache is not None:
-                _crop(cache, reuse)
+                crop_cache(cache, reuse)
             cache = self._round(res, ids, [], reuse, cache, [], [], turn, batch, ())
             cached_ids = ids + list(turn[:-1])  # every decoded token but the last went through the model
             ids = ids + list(turn)
 
     def _run_vtc(self, trace: ReplayTrace, batch: int, res: ModeResult, reuse: bool) -> None:
+        from vtcr.engine.transformers_backend import common_prefix_len, crop_cache, image_runs
+
         pages: list[Any] = []
         pixels: list[Any] = []
         grids: list[tuple[int, int, int]] = []
@@ -343,13 +339,13 @@ class Replayer:
                     pixels, grids = self._preprocess(pages)
                 res.preprocess_s += self.clock() - t0
             ids = self._tokenize(self._prompt_text(trace.question, len(pages), with_system=True), grids)
-            starts = [s for s, _ in _image_runs(ids, self.image_token_id)]
+            starts = [s for s, _ in image_runs(ids, self.image_token_id)]
             if reuse and cache is not None:
-                keep = min(_common_prefix(cached_ids, ids), len(ids) - 1)
+                keep = min(common_prefix_len(cached_ids, ids), len(ids) - 1)
                 for s, g in zip(starts, grids):  # never split an image's placeholder run
                     if s < keep < s + self._n_tokens(g):
                         keep = s
-                _crop(cache, keep)
+                crop_cache(cache, keep)
             else:
                 keep, cache = 0, None
             first = sum(1 for s in starts if s < keep)  # pages wholly inside the reused prefix
@@ -357,26 +353,12 @@ class Replayer:
             patches = tuple(t * h * w for t, h, w in new_grids)
             res.vision_tokens = sum(self._n_tokens(g) for g in grids)
             cache = self._round(res, ids, grids, keep, cache, new_px, new_grids, turn, batch, patches)
-            _crop(cache, len(ids))  # the round's own tokens are not part of the next prompt
+            crop_cache(cache, len(ids))  # the round's own tokens are not part of the next prompt
             cached_ids = ids
-
-
-def _crop(cache: Any, keep: int) -> None:
-    extra = cache.get_seq_length() - keep
-    if extra > 0:
-        cache.crop(-extra)
-
-
-def _image_runs(ids: list[int], token_id: int) -> list[tuple[int, int]]:
-    arr = np.asarray(ids, np.int64) == token_id
-    if not arr.any():
-        return []
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], arr.astype(np.int8), [0]))))
-    return [(int(s), int(e - s)) for s, e in zip(edges[::2], edges[1::2])]
 
 
 def torch_threads() -> int:
     """The cores this process may really use (affinity), capped by OMP_NUM_THREADS when set."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     env = os.environ.get("OMP_NUM_THREADS", "")
     return max(1, min(cores, int(env))) if env.isdigit() and int(env) > 0 else cores

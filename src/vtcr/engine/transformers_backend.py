@@ -207,7 +207,8 @@ class _Prepared:
     delta: int = 0  # M-RoPE position minus text position after the prompt (set by _prefill)
 
 
-def _crop(cache: Any, keep: int) -> None:
+def crop_cache(cache: Any, keep: int) -> None:
+    """Cut a DynamicCache back to its first `keep` tokens (in place)."""
     extra = cache.get_seq_length() - keep
     if extra > 0:
         cache.crop(-extra)  # negative: remove that many tokens (transformers 4.x and 5.x alike)
@@ -843,7 +844,7 @@ class TransformersBackend:
                     reuse = s
             if reuse > 0:
                 cache = state.cache
-                _crop(cache, reuse)
+                crop_cache(cache, reuse)
             else:
                 reuse = 0
         first = sum(1 for s in starts if s < reuse)  # images wholly inside the reused prefix
@@ -895,7 +896,7 @@ class TransformersBackend:
         if key is None or not self.prefix_cache:
             return
         ids = prep.ids + list(generated) if keep_generated else list(prep.ids)
-        _crop(cache, len(ids))
+        crop_cache(cache, len(ids))
         state = _Prefix(ids=ids, cache=cache, digests=prep.digests, grids=prep.grids, starts=prep.starts)
         with self._prefix_lock:
             self._prefixes[key] = state

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from vtcr._cpu import usable_cores
+
 MODES = ("vtc", "standard")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 CONFIG_FILE = "train_config.json"
@@ -131,14 +133,6 @@ def _check_int(name: str, value: Any, minimum: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
         bound = "" if minimum is None else f" >= {minimum}"
         raise ValueError(f"{name} must be an int{bound}, got {value!r}")
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's core count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def resolve_resources(threads: int | None, workers: int | None, cores: int | None = None) -> tuple[int, int]:
