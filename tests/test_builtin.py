@@ -26,7 +26,7 @@ from vtcr.data.synthetic import (
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-LINE = r"x=\d y=\d z=\(\d\+\d\)%10=\d s=\(\d\+\d\)%10=\d"
+LINE = r"\(\d\+\d\)%10=\d \(\d\+\d\)%10=\d -> \d \d \d"
 
 
 # --- the generator ---------------------------------------------------------------------------------
@@ -54,14 +54,14 @@ def test_problems_are_deterministic_with_exact_gold_answers():
         assert (str(answer), steps) == (p["answer"], p["length"]) and solve(p["question"]) == answer
         lines = p["trace"].removesuffix("</think>").splitlines()
         assert len(lines) == p["length"] and len({len(line) for line in lines}) == 1  # one width: one page layout
-        assert lines[-1].endswith(f"={answer}")
+        assert lines[-1].endswith(f"-> {parsed.stop[0]} {parsed.stop[1]} {answer}")  # the stop pair, then the answer
 
 
 def test_the_trace_lines_show_each_step():
     p = problem_at(0, 4, 3)  # the cycle starts at (0, 1)
     assert p.question() == "x=0 y=1 s=4. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until x=2 y=3. Answer s."
-    assert p.lines() == ["x=0 y=1 z=(0+1)%10=1 s=(4+1)%10=5\n", "x=1 y=1 z=(1+1)%10=2 s=(5+2)%10=7\n",
-                         "x=1 y=2 z=(1+2)%10=3 s=(7+3)%10=0\n"]  # fmt: skip
+    assert p.lines() == ["(0+1)%10=1 (4+1)%10=5 -> 1 1 5\n", "(1+1)%10=2 (5+2)%10=7 -> 1 2 7\n",
+                         "(1+2)%10=3 (7+3)%10=0 -> 2 3 0\n"]  # fmt: skip
     assert p.answer() == "0" and p.rounds(6) == 1 and problem_at(0, 4, 19).rounds(6) == 4
 
 
@@ -114,6 +114,7 @@ from vtcr.builtin import (  # noqa: E402
     off_task_warning,
     verify,
 )
+from vtcr._cpu import usable_cores  # noqa: E402
 from vtcr.builtin.recipe import LOCK_NAME, MANIFEST_FILE, WORK_NAME, BuiltinRecipe, rebuild, rebuild_lock  # noqa: E402
 
 
@@ -121,7 +122,7 @@ def test_the_shipped_weights_verify_and_fit_the_budget():
     manifest = verify()
     sizes = {name: sum(v["bytes"] for k, v in manifest["files"].items() if k.startswith(name + "/")) for name in ("vtc", "standard")}
     assert all(sizes.values()) and sum(sizes.values()) <= 25_000_000
-    assert manifest["recipe"]["max_steps"] == BuiltinRecipe().max_steps
+    assert manifest["recipe"] == BuiltinRecipe().to_dict()  # the weights are what the recipe trains
     assert {m: e["ok"] for m, e in info()["models"].items()} == {"vtc": True, "standard": True}
     assert model_dir("standard") == WEIGHTS_DIR / "standard" and model_dir("no-memory") == WEIGHTS_DIR / "vtc"
 
@@ -194,7 +195,8 @@ def test_eval_without_a_model_uses_both_builtin_models(tmp_path, capsys):
 
 # --- the rebuild: lock, resume, publish -------------------------------------------------------------
 
-TINY = BuiltinRecipe(problems=6, lengths=(2, 7), max_steps=2, stage2_steps=1, batch_size=2, save_steps=1, cutoff_len=512)
+TINY = BuiltinRecipe(problems=6, lengths=(2, 7), max_steps=2, stage2_steps=1, stage2_modes=("vtc",), batch_size=2,
+                     vtc_batch_size=2, save_steps=1, cutoff_len=512)
 
 
 class _Killed(Exception):
@@ -221,8 +223,13 @@ def test_a_killed_rebuild_resumes_and_publishes_atomically(tmp_path):
             rebuild(root, TINY, log=messages.append)
 
     messages.clear()
-    manifest = rebuild(root, TINY, log=messages.append)
+    manifest = rebuild(root, TINY, log=messages.append, parallel=True)  # both models at once, a process each
     assert any("resuming" in m for m in messages) and not any(m.startswith(("1/4", "2/4")) for m in messages)
+    assert any("side by side" in m for m in messages)
+    each = max(1, usable_cores() // 2)  # the cores split between the two trainings
+    assert {m: manifest["trained"][m]["stage1"]["timing"]["threads"] for m in ("vtc", "standard")} == {"vtc": each, "standard": each}
+    config = json.loads((root / "vtc" / "config.json").read_text())
+    assert config["text_config"]["rope_parameters"]["rope_theta"] == TINY.rope_theta
     assert manifest["recipe"] == TINY.to_dict()
     assert sorted(p.name for p in root.iterdir()) == ["manifest.json", "standard", "vtc"]  # work folder and lock gone
     verify(root=root)

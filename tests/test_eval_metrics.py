@@ -72,6 +72,16 @@ def test_summarise_groups_speedups_and_token_means():
     assert std["speedup"] == 1.0
 
 
+def test_exact_rate_counts_only_finished_runs_with_the_right_answer():
+    rows = [
+        _row("vtc", "p1", 0, True, 1.0, "b1", 1.0, 3, [(1, 0)]),
+        {**_row("vtc", "p2", 0, True, 1.0, "b1", 1.0, 3, [(1, 0)]), "finished": False},  # the last number happened to match
+        _row("vtc", "p3", 0, False, 1.0, "b1", 1.0, 3, [(1, 0)]),
+    ]
+    (g,) = summarise(rows)["groups"]
+    assert g["avg_at_k"] == pytest.approx(2 / 3) and g["exact_rate"] == pytest.approx(1 / 3)
+
+
 def test_rows_of_unfinished_batches_are_left_out_of_amortised_latency():
     rows = [
         _row("vtc", "p1", 0, True, 2.0, "b1", 8.0, 4, [(1, 0)]),

@@ -222,6 +222,25 @@ def test_training_lowers_the_loss_and_the_checkpoint_loads_in_the_engine(build_d
     assert record.rounds and record.rounds[0].generated_tokens >= 1
 
 
+def test_vision_lr_scale_steps_the_vision_tower_that_many_times_further(build_dir, tiny_qwen3, tmp_path):
+    """One AdamW step moves every weight by about lr (its first update is lr * sign(grad)), so the
+    vision tower's mean change over the text model's is the scale."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "scaled"
+    train(config(build_dir, tiny_qwen3, out, max_steps=1, lr=1e-3, freeze_vision=False, vision_lr_scale=8.0))
+    before, after = load_file(tiny_qwen3 / "model.safetensors"), load_file(out / "model.safetensors")
+
+    def mean_step(pick) -> float:
+        deltas = [(after[k].float() - before[k].float()).abs().mean().item() for k in before if pick(k) and after[k].ndim == 2]
+        return sum(deltas) / len(deltas)
+
+    ratio = mean_step(lambda k: ".visual.blocks." in k) / mean_step(lambda k: "language_model.layers" in k)
+    assert 5.0 < ratio < 10.0, ratio
+    with pytest.raises(ValueError, match="vision_lr_scale needs a trained vision tower"):
+        config(build_dir, tiny_qwen3, out, vision_lr_scale=8.0)  # frozen by default
+
+
 def test_lora_saves_and_reloads_and_image_size_parity(build_dir, tiny_qwen3, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText

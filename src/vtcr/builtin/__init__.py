@@ -32,7 +32,7 @@ from .recipe import MANIFEST_FILE, MODES_TRAINED, BuiltinRecipe, builtin_render_
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_ENV = "VTCR_BUILTIN_WEIGHTS"  # another folder of built-in weights (e.g. one made by `vtcr builtin rebuild --out`)
-ROUND_TOKENS = 256  # 6 lines of 34 tokens, then </think> and the answer
+ROUND_TOKENS = 256  # 6 lines of 31 tokens, then </think> and the answer
 EXAMPLE_QUESTION = problem_at(13, 4, 20).question()
 
 TASK_HELP = (

@@ -26,7 +26,7 @@ def comparison_table(summary: dict[str, Any]) -> str:
     """The eval summary's groups as a plain-text table of the figures the demo compares."""
     from vtcr.evaluate.figures import format_figure
 
-    cols = (("mode", "mode", "str"), ("accuracy %", "avg_at_k", "pct"), ("rounds", "rounds", "num"),
+    cols = (("mode", "mode", "str"), ("exact %", "exact_rate", "pct"), ("accuracy %", "avg_at_k", "pct"), ("rounds", "rounds", "num"),
             ("peak context", "peak_context_tokens", "int"), ("gen. tokens", "generated_tokens", "int"),
             ("latency s", "latency_s", "s"), ("finished %", "finished_rate", "pct"))  # fmt: skip
     rows = [[h for h, _, _ in cols]]
@@ -50,7 +50,7 @@ def run_demo(
     """Run the demo into `out` (a fresh eval each time); returns the eval summary."""
     import shutil
 
-    from vtcr.builtin import builtin_engine_config, load_backends, weights_root
+    from vtcr.builtin import builtin_engine_config, load_backends, read_manifest, weights_root
     from vtcr.engine import reason, write_run
     from vtcr.evaluate import EvalConfig, run_eval
     from vtcr.evaluate.benchmarks import generate_benchmark
@@ -63,9 +63,10 @@ def run_demo(
     held_out = generate_benchmark("builtin", problems, seed, (lo, hi))
     example = max(held_out, key=lambda p: _steps(p.question))  # the longest: the most rounds
     log(f"vtcr's built-in models ({weights_root(weights)}): a tiny Qwen3-VL trained on optical-memory samples (vtc) "
-        "and one trained on whole traces (standard): same architecture, initial weights, problems and batch; vtc 1,500 steps, "
-        "standard 700 (see MODEL_CARD.md). accuracy % is the grader's (an unfinished run's partial answer counts when it matches); "
-        "finished % is the share of runs that ended with an answer.")
+        f"and one trained on whole traces (standard): same architecture, initial weights, problems and batch; "
+        f"{_steps_trained(read_manifest(weights))} (see MODEL_CARD.md). exact % = runs that ended with the right answer; "
+        "accuracy % is the grader's avg@1 (it also credits the last number of an unfinished run); finished % = runs that "
+        "ended with an answer.")
     log(f"\n== 1. one held-out problem in vtc mode, round by round ({_steps(example.question)} steps, gold {example.gold})")
     log(example.question)
 
@@ -95,6 +96,15 @@ def run_demo(
         "peak context = the largest round's prompt + generated tokens.")
     log(f"\nviewer: {eval_dir / 'index.html'} (every run, with the pages of each vtc round); report: {eval_dir / 'report.md'}")
     return summary
+
+
+def _steps_trained(manifest: dict[str, Any]) -> str:
+    """"vtc 5,000 steps, standard 5,000" from the manifest's training record (every stage summed)."""
+    parts = []
+    for mode, record in (manifest.get("trained") or {}).items():
+        steps = sum((v or {}).get("global_step") or 0 for k, v in record.items() if k.startswith("stage"))
+        parts.append(f"{mode} {steps:,} steps")
+    return ", ".join(parts) or "training steps not recorded"
 
 
 def _steps(question: str) -> int:

@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vtcr._cpu import usable_cores
 from vtcr.data.synthetic import LINES_PER_SEGMENT, TRAIN_LENGTHS, TRAIN_PROBLEMS, TRAIN_SEED, Problem, problems
 
-RECIPE_VERSION = 3  # bump when anything below changes what is trained
+RECIPE_VERSION = 4  # bump when anything below changes what is trained
 MODES_TRAINED = ("vtc", "standard")
 MANIFEST_FILE = "manifest.json"
 LOCK_NAME = ".rebuild.lock"
@@ -34,17 +35,17 @@ LINE_TOKENS = len(Problem(0, 1, 0, (1, 1), 1).lines()[0])  # one token per chara
 
 
 def builtin_render_config():
-    """The built-in models' pages: 6 task lines of DejaVu Sans 12 px on a 288x96 page, which the
-    Qwen3-VL processor keeps as it is (multiples of 32 px): 27 vision tokens a page."""
+    """The built-in models' pages: 6 task lines of DejaVu Sans 12 px on a 256x96 page, which the
+    Qwen3-VL processor keeps as it is (multiples of 32 px): 24 vision tokens a page."""
     from vtcr.render import RenderConfig
 
     return RenderConfig(
-        page_size=(288.0, 96.0), dpi=72, margin_x=4.0, margin_y=3.0, font_size=12.0, line_height=13.0,
+        page_size=(256.0, 96.0), dpi=72, margin_x=4.0, margin_y=3.0, font_size=12.0, line_height=13.0,
         alignment="LEFT", newline_markup="<br/>", name="builtin",
     )  # fmt: skip
 
 
-PAGE_PIXELS = 288 * 96
+PAGE_PIXELS = 256 * 96
 
 
 @dataclass(frozen=True)
@@ -57,18 +58,28 @@ class BuiltinRecipe:
     problems: int = TRAIN_PROBLEMS
     lengths: tuple[int, int] = TRAIN_LENGTHS
     lines_per_segment: int = LINES_PER_SEGMENT
+    # The text model's RoPE base. Qwen3-VL's own (5e6) suits head_dim 128 and 256k contexts; at
+    # the tiny head_dim 32 it leaves almost every frequency pair still over a few hundred positions,
+    # so a page's rows and columns, and one page from the next, barely differ to attention.
+    rope_theta: float = 10000.0
     lr: float = 2e-3
-    max_steps: int = 700
-    batch_size: int = 4
-    warmup_ratio: float = 0.03
+    # The vision tower starts from random weights and learns to read the digits at a page's end
+    # slowly at the text model's rate; the standard model never runs it (no images: no gradient).
+    vision_lr_scale: float = 5.0
+    max_steps: int = 5000
+    batch_size: int = 4  # the standard model's: 4 whole traces a step (~510 supervised tokens each)
+    # The vtc model's: the same supervised-token budget a step as standard's (a vtc sample is one
+    # round, ~170 supervised tokens), so that both models see the same tokens in the same steps.
+    vtc_batch_size: int = 12
+    warmup_ratio: float = 0.02
     cutoff_len: int = 2048
-    save_steps: int = 100
-    # stage 2: the same trainer again from stage 1's weights (a second cosine cycle, another data order)
-    stage2_steps: int = 800
+    save_steps: int = 250
+    # An optional stage 2: the same trainer again from stage 1's weights (a second cosine cycle,
+    # another data order) for the modes named. The shipped recipe has none: both models get the
+    # same single schedule.
+    stage2_steps: int = 0
     stage2_lr: float = 2e-3
-    # Only the vtc model gets stage 2: the standard model's loss had flattened at stage 1's end
-    # (0.054 vs vtc 0.18), and its steps cost ~3x (whole traces); see MODEL_CARD.md.
-    stage2_modes: tuple[str, ...] = ("vtc",)
+    stage2_modes: tuple[str, ...] = ()
     modes: tuple[str, ...] = field(default=MODES_TRAINED)
 
     def __post_init__(self) -> None:
@@ -104,23 +115,24 @@ class BuiltinRecipe:
 
 
 def task_tokenizer(path: Path) -> Path:
-    """The built-in tokenizer (tokenizer.json): one token per byte, except that runs of letters
-    merge into words learned on the system prompt, the question template and the chat roles.
-    Digits, spaces and punctuation stay one token each: a task line costs its length in tokens."""
+    """The built-in tokenizer (tokenizer.json): one token per byte, except that a run of letters,
+    with the space before it, merges into a word learned on the system prompt, the question
+    template and the chat roles (as real BPE vocabularies hold " word" tokens). Digits, other
+    spaces and punctuation stay one token each: a task line costs its length in tokens."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from vtcr.prompts import SYSTEM_PROMPT
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex("[^A-Za-z]"), behavior="isolated"),
+        [pre_tokenizers.Split(Regex(" ?[A-Za-z]+|[^A-Za-z]"), behavior="isolated"),
          pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )  # fmt: skip
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=512, min_frequency=1, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    corpus = [SYSTEM_PROMPT, "system user assistant answer think Repeat until Answer"]
+    corpus = [SYSTEM_PROMPT, "system user assistant answer think", " Repeat until Answer"]
     tok.train_from_iterator(corpus, trainer)
     path.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(path))
@@ -137,9 +149,12 @@ def init_builtin_model(recipe: BuiltinRecipe, tokenizer_file: Path, out: Path) -
 
     tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
     ids = prepare_tokenizer(tok, recipe.arch, published_vocab_size=1)  # 1: always the tokenizer's size
+    config = build_config(recipe.arch, recipe.size, ids)
+    text = getattr(config, "text_config", config)
+    text.rope_parameters = {**text.rope_parameters, "rope_theta": float(recipe.rope_theta)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        model = AutoModelForImageTextToText.from_config(build_config(recipe.arch, recipe.size, ids), dtype=torch.float32)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(eos_token_id=list(ids.stop), pad_token_id=ids.pad, bos_token_id=ids.bos)
     meta = ModelMeta(arch=recipe.arch, size=recipe.size, render_preset=None,
                      render_config=builtin_render_config().to_dict(), created_by="vtcr builtin (init)",
@@ -173,11 +188,82 @@ def train_config(recipe: BuiltinRecipe, mode: str, model_dir: Path, data_dir: Pa
     steps, lr, seed = (recipe.max_steps, recipe.lr, recipe.seed) if stage == 1 else (recipe.stage2_steps, recipe.stage2_lr, recipe.seed + 1)
     return TrainConfig(
         data=str(data_dir), model=str(model_dir), out=str(out), mode=mode, lr=lr, max_steps=steps,
-        batch_size=recipe.batch_size, grad_accum=1, warmup_ratio=recipe.warmup_ratio, cutoff_len=recipe.cutoff_len,
+        batch_size=recipe.vtc_batch_size if mode == "vtc" else recipe.batch_size, grad_accum=1, warmup_ratio=recipe.warmup_ratio, cutoff_len=recipe.cutoff_len,
         seed=seed, save_steps=recipe.save_steps, save_total_limit=1, logging_steps=10, progress=progress,
-        freeze_vision=False,  # the vision tower starts random: it must learn to read the pages
+        freeze_vision=False, vision_lr_scale=recipe.vision_lr_scale,  # the vision tower starts random: it must learn to read
         max_image_pixels=PAGE_PIXELS, **({"threads": threads} if threads is not None else {}),
     )  # fmt: skip
+
+
+# --- training the models ----------------------------------------------------------------------------
+
+
+def _stage_outputs(recipe: BuiltinRecipe, work: Path, mode: str) -> list[Path]:
+    """The output folder of each training stage of `mode` (the last is what is published)."""
+    outs = [work / "models" / mode]
+    if recipe.stage2_steps and mode in recipe.stage2_modes:
+        outs.append(work / "models2" / mode)
+    return outs
+
+
+def _mode_done(recipe: BuiltinRecipe, work: Path, mode: str) -> bool:
+    names = [f"train-{mode}"] + ([f"train2-{mode}"] if len(_stage_outputs(recipe, work, mode)) > 1 else [])
+    return all(_stage(work, n).is_file() for n in names)
+
+
+def train_mode(recipe: BuiltinRecipe, work: Path, mode: str, *, progress: bool = False, threads: int | None = None) -> None:
+    """Every unfinished training stage of one model, each leaving its marker when it ends."""
+    from vtcr.train import train
+
+    previous = work / "init"
+    for stage, out in enumerate(_stage_outputs(recipe, work, mode), start=1):
+        marker = _stage(work, f"train-{mode}" if stage == 1 else f"train2-{mode}")
+        if not marker.is_file():
+            train(train_config(recipe, mode, previous, work / "data", out, progress=progress, threads=threads, stage=stage))
+            marker.write_text("ok\n")
+        previous = out
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when its parent dies (a killed rebuild leaves no
+    orphan training into its work folder)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def _train_mode_child(recipe_data: dict[str, Any], work: str, mode: str, threads: int) -> None:
+    _die_with_parent()
+    train_mode(BuiltinRecipe.from_dict(recipe_data), Path(work), mode, progress=False, threads=threads)
+
+
+def _train_side_by_side(recipe: BuiltinRecipe, work: Path, modes: list[str], threads: int) -> None:
+    """One spawned process per model (torch's thread pool is per process); RuntimeError naming
+    each model whose training failed."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = {m: ctx.Process(target=_train_mode_child, args=(recipe.to_dict(), str(work), m, threads), name=f"train-{m}")
+             for m in modes}  # fmt: skip
+    try:
+        for proc in procs.values():
+            proc.start()
+        for proc in procs.values():
+            proc.join()
+    finally:
+        for proc in procs.values():
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    failed = [f"{m} (exit code {p.exitcode}; its log: {work / 'models' / m / 'train_log.jsonl'})" for m, p in procs.items() if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"training failed: {', '.join(failed)}; run the rebuild again to resume")
 
 
 # --- files, manifest, lock ------------------------------------------------------------------------
@@ -256,12 +342,17 @@ def rebuild(
     *,
     progress: bool = False,
     threads: int | None = None,
+    parallel: bool | None = None,
     half: bool = True,
     log=print,
 ) -> dict[str, Any]:
     """Train the built-in models of `recipe` and publish them under `root` (`root/vtc`,
     `root/standard`, `root/manifest.json`). Resumes a killed rebuild of the same recipe; a work
-    folder of another recipe is discarded. Returns the manifest."""
+    folder of another recipe is discarded. Returns the manifest.
+
+    `parallel` (default: when this process may use >= 2 cores) trains the models side by side,
+    one process each with `threads` torch threads (default: the cores split between them), which
+    is how the shipped models were trained (2 cores, 1 thread each); else one after the other."""
     recipe = recipe or BuiltinRecipe()
     root = Path(root)
     with rebuild_lock(root):
@@ -290,26 +381,22 @@ def rebuild(
             build_builtin_data(recipe, init, data, progress=progress)
             _stage(work, "data").write_text("ok\n")
         stats = json.loads((data / "stats.json").read_text(encoding="utf-8")) if (data / "stats.json").is_file() else {}
+        pending = [m for m in recipe.modes if not _mode_done(recipe, work, m)]
+        side_by_side = len(pending) > 1 and (parallel if parallel is not None else usable_cores() >= 2)
+        if side_by_side:
+            each = threads or max(1, usable_cores() // len(pending))
+            log(f"3/4 training the {' and '.join(pending)} models side by side ({each} torch thread(s) each): "
+                f"{recipe.max_steps} steps (batch: vtc {recipe.vtc_batch_size}, standard {recipe.batch_size})")
+            _train_side_by_side(recipe, work, pending, each)
+        else:
+            for mode in pending:
+                batch = recipe.vtc_batch_size if mode == "vtc" else recipe.batch_size
+                log(f"{3 + recipe.modes.index(mode)}/4 training the {mode} model: {recipe.max_steps} steps of batch {batch}")
+                train_mode(recipe, work, mode, progress=progress, threads=threads)
         trained: dict[str, Any] = {}
-        for i, mode in enumerate(recipe.modes):
-            out = work / "models" / mode
-            if not _stage(work, f"train-{mode}").is_file():
-                log(f"{3 + i}/4 training the {mode} model: {recipe.max_steps} steps of batch {recipe.batch_size}")
-                from vtcr.train import train
-
-                train(train_config(recipe, mode, init, data, out, progress=progress, threads=threads))
-                _stage(work, f"train-{mode}").write_text("ok\n")
-            final = out
-            if recipe.stage2_steps and mode in recipe.stage2_modes:
-                final = work / "models2" / mode
-                if not _stage(work, f"train2-{mode}").is_file():
-                    log(f"{3 + i}/4 stage 2 of the {mode} model: {recipe.stage2_steps} more steps")
-                    from vtcr.train import train
-
-                    train(train_config(recipe, mode, out, data, final, progress=progress, threads=threads, stage=2))
-                    _stage(work, f"train2-{mode}").write_text("ok\n")
+        for mode in recipe.modes:
             trained[mode] = {}
-            for stage, folder in enumerate(dict.fromkeys((out, final)), start=1):
+            for stage, folder in enumerate(_stage_outputs(recipe, work, mode), start=1):
                 log_data = json.loads((folder / "train_log.json").read_text(encoding="utf-8"))
                 trained[mode][f"stage{stage}"] = {k: log_data.get(k) for k in ("final_train_loss", "timing", "global_step")}
             trained[mode]["final_train_loss"] = log_data.get("final_train_loss")
@@ -319,8 +406,7 @@ def rebuild(
         publish.mkdir()
         for mode in recipe.modes:
             dest = publish / mode
-            source = work / ("models2" if recipe.stage2_steps and mode in recipe.stage2_modes else "models") / mode
-            shutil.copytree(source, dest, ignore=shutil.ignore_patterns(*_KEEP))
+            shutil.copytree(_stage_outputs(recipe, work, mode)[-1], dest, ignore=shutil.ignore_patterns(*_KEEP))
             if half:
                 _half_precision(dest)
         manifest = write_manifest(publish, {

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--out", metavar="DIR", help="weights folder to publish into (default: the package's own)")
     r.add_argument("--steps", type=int, default=defaults.max_steps, help=f"optimizer steps per model (default {defaults.max_steps})")
     r.add_argument("--problems", type=int, default=defaults.problems, help=f"training problems (default {defaults.problems})")
-    r.add_argument("--threads", type=int, default=None, help="torch threads for training (default: the cores this process may use)")
+    r.add_argument("--threads", type=int, default=None, help="torch threads per model (default: the cores this process may use, split between the two models when they train side by side)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=run_rebuild)
 

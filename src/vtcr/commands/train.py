@@ -59,6 +59,8 @@ def register(subparsers) -> None:
     p.add_argument("--lora-dropout", type=float, default=D["lora_dropout"], help=f"LoRA dropout (default {shown(D['lora_dropout'])})")
     p.add_argument("--freeze-vision", action=argparse.BooleanOptionalAction, default=D["freeze_vision"],
                    help="freeze the vision tower and projector (default: frozen, as in the paper)")
+    p.add_argument("--vision-lr-scale", type=float, default=D["vision_lr_scale"], metavar="X",
+                   help=f"learning-rate multiplier of the vision tower and projector, with --no-freeze-vision (default {shown(D['vision_lr_scale'])})")
     p.add_argument("--max-image-pixels", type=int, default=D["max_image_pixels"], metavar="P",
                    help="cap on each image's resized area, saved into the checkpoint so inference uses the same "
                         "(default: the model's vtcr.json cap, else the processor's own maximum: full pages)")
@@ -92,7 +94,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, warmup_ratio=args.warmup_ratio,
         scheduler=args.scheduler, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, lora=args.lora,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        freeze_vision=args.freeze_vision, max_image_pixels=args.max_image_pixels, cutoff_len=args.cutoff_len,
+        freeze_vision=args.freeze_vision, vision_lr_scale=args.vision_lr_scale, max_image_pixels=args.max_image_pixels, cutoff_len=args.cutoff_len,
         seed=args.seed, dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
         deepspeed=args.deepspeed, render_preset=args.render_preset, render_config=args.render_config,
         save_steps=args.save_steps,

@@ -4,21 +4,23 @@ A question gives a start pair and a running sum and names a stop pair::
 
     x=3 y=8 s=4. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until x=1 y=5. Answer s.
 
-The reasoning writes one line per step, the state before the step and both computations::
+The reasoning writes one line per step: both computations, then the state the next step starts
+from (x, y, s after the step)::
 
-    x=3 y=8 z=(3+8)%10=1 s=(4+1)%10=5
-    x=8 y=1 z=(8+1)%10=9 s=(5+9)%10=4
+    (3+8)%10=1 (4+1)%10=5 -> 8 1 5
+    (8+1)%10=9 (5+9)%10=4 -> 1 9 4
     ...
 
-and stops (``</think>``) after the step whose new pair ``(y, z)`` is the stop pair; the answer is
-the last ``s``. Start pairs lie on the 60-step cycle of the Fibonacci recurrence mod 10 (the Pisano
-period), so every pair of a run is new until step 60: the stop pair, taken `length` steps ahead of
-the start, is first reached exactly at step `length` (1 <= length < 60).
+and stops (``</think>``) after the step whose new pair ``(y, z)`` is the stop pair (the line ends
+``-> a b s``, the stop pair and the answer); the answer is the last ``s``. Start pairs lie on the
+60-step cycle of the Fibonacci recurrence mod 10 (the Pisano period), so every pair of a run is new
+until step 60: the stop pair, taken `length` steps ahead of the start, is first reached exactly at
+step `length` (1 <= length < 60).
 
 Every line has the same width in characters and (DejaVu Sans digits are all one advance wide) in
-pixels, so a page of optical memory holding several lines always has the same layout, and the line
-the next round needs (the last one) is always in the same place. Each line is one token per
-character with the built-in byte-level tokenizer.
+pixels, so a page of optical memory holding several lines always has the same layout, and what the
+next round needs -- the three digits that end the page's last line -- is always in the same place,
+side by side. Each line is one token per character with the built-in byte-level tokenizer.
 
 `problems` makes seeded problem sets; `solve` recomputes a question's answer from its text alone
 (an independent check of the generator); `parse_length_range` reads ``MIN:MAX`` and refuses
@@ -39,7 +41,7 @@ TRAIN_LENGTHS = (2, 32)  # steps per problem the built-in models are trained on
 SUPPORTED_LENGTHS = (2, 48)  # 1.5x the longest trained: what evaluation accepts
 LINES_PER_SEGMENT = 6  # steps per round of optical memory (one page)
 TRAIN_SEED = 0  # the built-in models' training problems: problems(TRAIN_PROBLEMS, TRAIN_SEED, TRAIN_LENGTHS)
-TRAIN_PROBLEMS = 2000
+TRAIN_PROBLEMS = 6000
 HELDOUT_SEED = 1  # the default seed of held-out evaluation problems
 
 _QUESTION = re.compile(
@@ -75,12 +77,13 @@ class Problem:
         )
 
     def lines(self) -> list[str]:
-        """The reasoning, one line per step (each ends with a newline)."""
+        """The reasoning, one line per step (each ends with a newline): the two computations,
+        then the next state ``-> x y s``."""
         out, x, y, s = [], self.x, self.y, self.s
         for _ in range(self.length):
             z = (x + y) % MODULUS
             s_new = (s + z) % MODULUS
-            out.append(f"x={x} y={y} z=({x}+{y})%10={z} s=({s}+{z})%10={s_new}\n")
+            out.append(f"({x}+{y})%10={z} ({s}+{z})%10={s_new} -> {y} {z} {s_new}\n")
             x, y, s = y, z, s_new
         return out
 

@@ -30,6 +30,7 @@ GROUP_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("peak context", "peak_context_tokens", "int"),
     ("rounds", "rounds", "num"),
     ("finished %", "finished_rate", "pct"),
+    ("exact %", "exact_rate", "pct"),
     ("latency/problem s", "latency_s", "s"),
     ("amortised s", "amortised_latency_s", "s"),
     ("speed-up", "speedup", "x"),

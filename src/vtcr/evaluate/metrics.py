@@ -112,6 +112,9 @@ def group_metrics(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         "peak_context_tokens_max": max((run_peak_context_tokens(r) for r in rows), default=None),
         "rounds": _mean([run_rounds(r) for r in rows]),
         "finished_rate": _mean([float(bool(r.get("finished"))) for r in rows]),
+        # solved: ended with a final answer that is right (avg@K also credits the last number of
+        # an unfinished run, as the paper's harness does)
+        "exact_rate": _mean([float(bool(r.get("finished")) and bool(r.get("correct"))) for r in rows]),
         "errors": sum(1 for r in rows if r.get("error")),
         "grade_timeouts": sum(1 for r in rows if r.get("grade_reason") == "timeout"),
         "latency_s": _mean(latencies),

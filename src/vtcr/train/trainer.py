@@ -189,6 +189,27 @@ def _make_trainer_class():
             # VLM classes opt out of loss kwargs, but this compute_loss takes them itself.
             self.model_accepts_loss_kwargs = True
 
+        def create_optimizer(self, *args: Any, **kwargs: Any):
+            """Trainer's optimizer, with the vision tower's parameter groups at `vision_lr_scale`
+            times the learning rate (the scheduler scales every group alike)."""
+            scale = float(getattr(self, "vision_lr_scale", 1.0))
+            if self.optimizer is not None or scale == 1.0:
+                return super().create_optimizer(*args, **kwargs)
+            opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+            lr = opt_kwargs.pop("lr", self.args.learning_rate)
+            decay = set(self.get_decay_parameter_names(self.model))
+            vision = {id(p) for p in self.model.model.visual.parameters()}
+            groups: dict[tuple[bool, bool], list[Any]] = {}
+            for name, param in self.model.named_parameters():
+                if param.requires_grad:
+                    groups.setdefault((id(param) in vision, name in decay), []).append(param)
+            self.optimizer = opt_cls(
+                [{"params": ps, "lr": lr * (scale if is_vision else 1.0), "weight_decay": self.args.weight_decay if decays else 0.0}
+                 for (is_vision, decays), ps in sorted(groups.items())],
+                lr=lr, **opt_kwargs,
+            )  # fmt: skip
+            return self.optimizer
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             import torch
             import torch.nn.functional as F
@@ -461,6 +482,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
     trainer = _make_trainer_class()(
         model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[timer, *callbacks]
     )
+    trainer.vision_lr_scale = config.vision_lr_scale
     # vtcr's bar (loss and lr on it) and step log instead of transformers' bar / printed log dicts
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
