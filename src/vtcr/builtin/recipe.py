@@ -90,6 +90,10 @@ class BuiltinRecipe:
         if unknown or not self.modes:
             raise ValueError(f"recipe modes {self.modes!r}: choose from {', '.join(MODES_TRAINED)}")
 
+    def batch_for(self, mode: str) -> int:
+        """Samples per step of the `mode` model (the same supervised tokens a step for both)."""
+        return self.vtc_batch_size if mode == "vtc" else self.batch_size
+
     @property
     def segment_tokens(self) -> int:
         return self.lines_per_segment * LINE_TOKENS
@@ -188,7 +192,7 @@ def train_config(recipe: BuiltinRecipe, mode: str, model_dir: Path, data_dir: Pa
     steps, lr, seed = (recipe.max_steps, recipe.lr, recipe.seed) if stage == 1 else (recipe.stage2_steps, recipe.stage2_lr, recipe.seed + 1)
     return TrainConfig(
         data=str(data_dir), model=str(model_dir), out=str(out), mode=mode, lr=lr, max_steps=steps,
-        batch_size=recipe.vtc_batch_size if mode == "vtc" else recipe.batch_size, grad_accum=1, warmup_ratio=recipe.warmup_ratio, cutoff_len=recipe.cutoff_len,
+        batch_size=recipe.batch_for(mode), grad_accum=1, warmup_ratio=recipe.warmup_ratio, cutoff_len=recipe.cutoff_len,
         seed=seed, save_steps=recipe.save_steps, save_total_limit=1, logging_steps=10, progress=progress,
         freeze_vision=False, vision_lr_scale=recipe.vision_lr_scale,  # the vision tower starts random: it must learn to read
         max_image_pixels=PAGE_PIXELS, **({"threads": threads} if threads is not None else {}),
@@ -198,17 +202,16 @@ def train_config(recipe: BuiltinRecipe, mode: str, model_dir: Path, data_dir: Pa
 # --- training the models ----------------------------------------------------------------------------
 
 
-def _stage_outputs(recipe: BuiltinRecipe, work: Path, mode: str) -> list[Path]:
-    """The output folder of each training stage of `mode` (the last is what is published)."""
-    outs = [work / "models" / mode]
+def _stages(recipe: BuiltinRecipe, work: Path, mode: str) -> list[tuple[Path, Path]]:
+    """(output folder, done marker) of each training stage of `mode`; the last folder is published."""
+    stages = [(work / "models" / mode, _stage(work, f"train-{mode}"))]
     if recipe.stage2_steps and mode in recipe.stage2_modes:
-        outs.append(work / "models2" / mode)
-    return outs
+        stages.append((work / "models2" / mode, _stage(work, f"train2-{mode}")))
+    return stages
 
 
 def _mode_done(recipe: BuiltinRecipe, work: Path, mode: str) -> bool:
-    names = [f"train-{mode}"] + ([f"train2-{mode}"] if len(_stage_outputs(recipe, work, mode)) > 1 else [])
-    return all(_stage(work, n).is_file() for n in names)
+    return all(marker.is_file() for _, marker in _stages(recipe, work, mode))
 
 
 def train_mode(recipe: BuiltinRecipe, work: Path, mode: str, *, progress: bool = False, threads: int | None = None) -> None:
@@ -216,8 +219,7 @@ def train_mode(recipe: BuiltinRecipe, work: Path, mode: str, *, progress: bool =
     from vtcr.train import train
 
     previous = work / "init"
-    for stage, out in enumerate(_stage_outputs(recipe, work, mode), start=1):
-        marker = _stage(work, f"train-{mode}" if stage == 1 else f"train2-{mode}")
+    for stage, (out, marker) in enumerate(_stages(recipe, work, mode), start=1):
         if not marker.is_file():
             train(train_config(recipe, mode, previous, work / "data", out, progress=progress, threads=threads, stage=stage))
             marker.write_text("ok\n")
@@ -386,17 +388,16 @@ def rebuild(
         if side_by_side:
             each = threads or max(1, usable_cores() // len(pending))
             log(f"3/4 training the {' and '.join(pending)} models side by side ({each} torch thread(s) each): "
-                f"{recipe.max_steps} steps (batch: vtc {recipe.vtc_batch_size}, standard {recipe.batch_size})")
+                f"{recipe.max_steps} steps (batch: {', '.join(f'{m} {recipe.batch_for(m)}' for m in pending)})")
             _train_side_by_side(recipe, work, pending, each)
         else:
             for mode in pending:
-                batch = recipe.vtc_batch_size if mode == "vtc" else recipe.batch_size
-                log(f"{3 + recipe.modes.index(mode)}/4 training the {mode} model: {recipe.max_steps} steps of batch {batch}")
+                log(f"{3 + recipe.modes.index(mode)}/4 training the {mode} model: {recipe.max_steps} steps of batch {recipe.batch_for(mode)}")
                 train_mode(recipe, work, mode, progress=progress, threads=threads)
         trained: dict[str, Any] = {}
         for mode in recipe.modes:
             trained[mode] = {}
-            for stage, folder in enumerate(_stage_outputs(recipe, work, mode), start=1):
+            for stage, (folder, _) in enumerate(_stages(recipe, work, mode), start=1):
                 log_data = json.loads((folder / "train_log.json").read_text(encoding="utf-8"))
                 trained[mode][f"stage{stage}"] = {k: log_data.get(k) for k in ("final_train_loss", "timing", "global_step")}
             trained[mode]["final_train_loss"] = log_data.get("final_train_loss")
@@ -406,7 +407,7 @@ def rebuild(
         publish.mkdir()
         for mode in recipe.modes:
             dest = publish / mode
-            shutil.copytree(_stage_outputs(recipe, work, mode)[-1], dest, ignore=shutil.ignore_patterns(*_KEEP))
+            shutil.copytree(_stages(recipe, work, mode)[-1][0], dest, ignore=shutil.ignore_patterns(*_KEEP))
             if half:
                 _half_precision(dest)
         manifest = write_manifest(publish, {
