@@ -239,6 +239,8 @@ def test_vision_lr_scale_steps_the_vision_tower_that_many_times_further(build_di
     assert 5.0 < ratio < 10.0, ratio
     with pytest.raises(ValueError, match="vision_lr_scale needs a trained vision tower"):
         config(build_dir, tiny_qwen3, out, vision_lr_scale=8.0)  # frozen by default
+    with pytest.raises(ValueError, match="vision_lr_scale must be a positive number, got 0"):
+        config(build_dir, tiny_qwen3, out, freeze_vision=False, vision_lr_scale=0)
 
 
 def test_lora_saves_and_reloads_and_image_size_parity(build_dir, tiny_qwen3, tmp_path):
