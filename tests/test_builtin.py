@@ -19,28 +19,28 @@ from vtcr.data.synthetic import (
     heldout_problems,
     parse_length_range,
     parse_question,
-    problem_at,
+    problems_of_length,
     problems,
     solve,
     training_questions,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-LINE = r"\(\d\+\d\)%10=\d \(\d\+\d\)%10=\d -> \d \d \d"
+LINE = r"\d\d\d \(\d\+\d\)%10=\d \(\d\+\d\)%10=\d -> \d\d\d"
 
 
 # --- the generator ---------------------------------------------------------------------------------
 
 
-def _fib_answer(x: int, y: int, s: int, stop: tuple[int, int]) -> tuple[int, int]:
-    """(answer, steps) by the plain recurrence, written out here independently of vtcr."""
+def _fib_answer(x: int, y: int, s: int) -> tuple[int, int]:
+    """(answer, steps) by the plain recurrence until y=1 and s=0, written out here independently of vtcr."""
     steps = 0
     while True:
         x, y = y, (x + y) % 10
         s = (s + y) % 10
         steps += 1
-        if (x, y) == stop:
-            return s, steps
+        if (y, s) == (1, 0):
+            return x, steps
 
 
 def test_problems_are_deterministic_with_exact_gold_answers():
@@ -50,19 +50,21 @@ def test_problems_are_deterministic_with_exact_gold_answers():
     for p in a:
         parsed = parse_question(p["question"])
         assert parsed is not None and TRAIN_LENGTHS[0] <= p["length"] <= TRAIN_LENGTHS[1]
-        answer, steps = _fib_answer(parsed.x, parsed.y, parsed.s, parsed.stop)
+        answer, steps = _fib_answer(parsed.x, parsed.y, parsed.s)
         assert (str(answer), steps) == (p["answer"], p["length"]) and solve(p["question"]) == answer
         lines = p["trace"].removesuffix("</think>").splitlines()
         assert len(lines) == p["length"] and len({len(line) for line in lines}) == 1  # one width: one page layout
-        assert lines[-1].endswith(f"-> {parsed.stop[0]} {parsed.stop[1]} {answer}")  # the stop pair, then the answer
+        assert lines[-1].endswith(f"-> {answer}10")  # the answer, then the stop state y=1 s=0
+        assert not any(re.search(r"-> \d10$", line) for line in lines[:-1])  # the first time
 
 
 def test_the_trace_lines_show_each_step():
-    p = problem_at(0, 4, 3)  # the cycle starts at (0, 1)
-    assert p.question() == "x=0 y=1 s=4. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until x=2 y=3. Answer s."
-    assert p.lines() == ["(0+1)%10=1 (4+1)%10=5 -> 1 1 5\n", "(1+1)%10=2 (5+2)%10=7 -> 1 2 7\n",
-                         "(1+2)%10=3 (7+3)%10=0 -> 2 3 0\n"]  # fmt: skip
-    assert p.answer() == "0" and p.rounds(6) == 1 and problem_at(0, 4, 19).rounds(6) == 4
+    p = problems_of_length(3)[0]  # the first three-step problem in (x, y, s) order
+    assert p.question() == "x=0 y=7 s=8. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until y=1 s=0. Answer x."
+    assert p.lines() == ["078 (0+7)%10=7 (8+7)%10=5 -> 775\n", "775 (7+7)%10=4 (5+4)%10=9 -> 749\n",
+                         "749 (7+4)%10=1 (9+1)%10=0 -> 410\n"]  # fmt: skip
+    assert p.answer() == "4" and p.rounds(6) == 1 and problems_of_length(19)[0].rounds(6) == 4
+    assert all(1 <= len(problems_of_length(n)) <= 10 for n in range(1, 61))  # every length 1-60 occurs
 
 
 def test_heldout_problems_avoid_the_training_set_and_span_the_supported_lengths():
@@ -72,6 +74,40 @@ def test_heldout_problems_avoid_the_training_set_and_span_the_supported_lengths(
     assert min(lengths) >= SUPPORTED_LENGTHS[0] and max(lengths) <= SUPPORTED_LENGTHS[1]
     assert max(lengths) > TRAIN_LENGTHS[1]  # beyond the trained lengths
     assert heldout_problems(5, seed=1, lengths="40:48") == heldout_problems(5, seed=1, lengths=(40, 48))
+
+
+def _ink_runs(mask) -> list[tuple[int, int]]:
+    """(first, last) index of each run of True in a 1-D mask."""
+    runs, start = [], None
+    for i, v in enumerate(list(mask) + [False]):
+        if v and start is None:
+            start = i
+        elif not v and start is not None:
+            runs.append((start, i - 1))
+            start = None
+    return runs
+
+
+def test_a_round_is_one_page_whose_last_vision_token_holds_the_state_to_read():
+    """The page layout the built-in models read: six lines on one 256x96 page (8x3 vision tokens of
+    32 px); the three digits that end the last line lie in the page's last token (x 224-256 of the
+    bottom row), and so do the line above's."""
+    np = pytest.importorskip("numpy")
+    from vtcr.builtin.recipe import builtin_render_config
+    from vtcr.render import render_text
+
+    for length in (6, 30, 48):
+        lines = problems_of_length(length)[-1].lines()
+        for start in range(0, length - 5, 6):
+            pages = render_text("".join(lines[start:start + 6]), builtin_render_config())
+            assert [page.size for page in pages] == [(256, 96)]
+            ink = np.array(pages[0].convert("L")) < 128
+            rows = _ink_runs(ink.any(axis=1))
+            assert len(rows) == 6
+            for top, bottom in rows[-2:]:
+                assert 64 <= top and bottom < 96
+                glyphs = _ink_runs(ink[top:bottom + 1].any(axis=0))
+                assert all(224 <= a and b < 256 for a, b in glyphs[-3:])
 
 
 @pytest.mark.parametrize("spec", ["1:10", "2:49", "0:60", "10:5", "a:b", "48:100"])
@@ -93,8 +129,9 @@ def test_an_unsupported_task_length_is_refused_by_eval_and_its_cli(capsys):
 
 @pytest.mark.parametrize("text", [
     "What is 2+2?",
-    "x=3 y=8 s=4. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until x=3 y=8. Answer s.",  # stop = start
-    "x=0 y=0 s=4. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until x=1 y=5. Answer s.",  # off the 60-cycle
+    "x=0 y=0 s=4. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until y=1 s=0. Answer x.",  # never gets there
+    "x=3 y=8 s=4. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until x=1 y=5. Answer s.",  # another stop rule
+    "x=3 y=8 s=4. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until y=1 s=0. Answer s.",  # another answer
 ])  # fmt: skip
 def test_parse_question_refuses_other_text(text):
     assert parse_question(text) is None
@@ -150,11 +187,11 @@ def test_missing_or_corrupted_weights_name_the_file_and_the_rebuild(tmp_path):
 
 
 def test_off_task_questions_get_the_warning():
-    good = problem_at(5, 2, 30).question()
+    good = problems_of_length(30)[0].question()
     assert off_task_warning(good) is None
     warning = off_task_warning("What is the capital of France?")
     assert "not one of the built-in task" in warning and "--model PATH" in warning and "--server URL" in warning
-    assert "needs 55 steps" in off_task_warning(problem_at(5, 2, 55).question())
+    assert "needs 55 steps" in off_task_warning(problems_of_length(55)[0].question())
 
 
 def test_reason_without_a_model_uses_the_builtin_model_and_warns_off_task(capsys):

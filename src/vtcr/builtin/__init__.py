@@ -25,20 +25,20 @@ from vtcr.data.synthetic import (
     SUPPORTED_LENGTHS,
     TRAIN_LENGTHS,
     parse_question,
-    problem_at,
+    problems_of_length,
 )
 
 from .recipe import MANIFEST_FILE, MODES_TRAINED, BuiltinRecipe, builtin_render_config, rebuild, sha256_file
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_ENV = "VTCR_BUILTIN_WEIGHTS"  # another folder of built-in weights (e.g. one made by `vtcr builtin rebuild --out`)
-ROUND_TOKENS = 256  # 6 lines of 31 tokens, then </think> and the answer
-EXAMPLE_QUESTION = problem_at(13, 4, 20).question()
+ROUND_TOKENS = 256  # 6 lines of 33 tokens, then </think> and the answer
+EXAMPLE_QUESTION = problems_of_length(20)[0].question()
 
 TASK_HELP = (
     "vtcr's built-in models only solve the built-in task (Fibonacci mod 10 with an accumulator), questions like\n"
     f"  {EXAMPLE_QUESTION}\n"
-    f"with the start and stop pairs on the 60-step cycle and {SUPPORTED_LENGTHS[0]}-{SUPPORTED_LENGTHS[1]} steps between them. "
+    f"whose start reaches y=1 s=0 in {SUPPORTED_LENGTHS[0]}-{SUPPORTED_LENGTHS[1]} steps. "
     "For any other question point vtcr at a real checkpoint: --model PATH (a local folder or hub id), "
     "or --server URL --served-model NAME (vllm serve, SGLang, vtcr serve)."
 )

@@ -26,22 +26,25 @@ from typing import Any
 from vtcr._cpu import usable_cores
 from vtcr.data.synthetic import LINES_PER_SEGMENT, TRAIN_LENGTHS, TRAIN_PROBLEMS, TRAIN_SEED, Problem, problems
 
-RECIPE_VERSION = 4  # bump when anything below changes what is trained
+RECIPE_VERSION = 5  # bump when anything below changes what is trained
 MODES_TRAINED = ("vtc", "standard")
 MANIFEST_FILE = "manifest.json"
 LOCK_NAME = ".rebuild.lock"
 WORK_NAME = ".rebuild-work"
-LINE_TOKENS = len(Problem(0, 1, 0, (1, 1), 1).lines()[0])  # one token per character
+LINE_TOKENS = len(Problem(0, 1, 0, 1).lines()[0])  # one token per character
 
 
 def builtin_render_config():
     """The built-in models' pages: 6 task lines of DejaVu Sans 12 px on a 256x96 page, which the
-    Qwen3-VL processor keeps as it is (multiples of 32 px): 24 vision tokens a page."""
+    Qwen3-VL processor keeps as it is (multiples of 32 px): 24 vision tokens a page (8 columns x 3
+    rows of 32x32 px). The lines sit so that the three digits a round must read -- the state that
+    ends the page's last line -- lie in the page's last vision token (x 224-256 of the bottom row),
+    with the line above's state in the same token: the same place on every page."""
     from vtcr.render import RenderConfig
 
     return RenderConfig(
-        page_size=(256.0, 96.0), dpi=72, margin_x=4.0, margin_y=3.0, font_size=12.0, line_height=13.0,
-        alignment="LEFT", newline_markup="<br/>", name="builtin",
+        page_size=(256.0, 96.0), dpi=72, margin_x=2.0, margin_y=3.0, left_indent=5.0, font_size=12.0,
+        line_height=13.0, alignment="LEFT", newline_markup="<br/>", name="builtin",
     )  # fmt: skip
 
 

@@ -1,26 +1,38 @@
 """The built-in long-reasoning task: Fibonacci mod 10 with an accumulator (seeded, exact gold answers).
 
-A question gives a start pair and a running sum and names a stop pair::
+A question gives a start pair and a running sum; the recurrence runs until y=1 and s=0 after a step,
+and the answer is x at that point::
 
-    x=3 y=8 s=4. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until x=1 y=5. Answer s.
+    x=3 y=8 s=4. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until y=1 s=0. Answer x.
 
-The reasoning writes one line per step: both computations, then the state the next step starts
-from (x, y, s after the step)::
+The reasoning writes one line per step: the state the step starts from (x, y, s), both
+computations, then the state the next step starts from (written without spaces)::
 
-    (3+8)%10=1 (4+1)%10=5 -> 8 1 5
-    (8+1)%10=9 (5+9)%10=4 -> 1 9 4
+    384 (3+8)%10=1 (4+1)%10=5 -> 815
+    815 (8+1)%10=9 (5+9)%10=4 -> 194
     ...
 
-and stops (``</think>``) after the step whose new pair ``(y, z)`` is the stop pair (the line ends
-``-> a b s``, the stop pair and the answer); the answer is the last ``s``. Start pairs lie on the
-60-step cycle of the Fibonacci recurrence mod 10 (the Pisano period), so every pair of a run is new
-until step 60: the stop pair, taken `length` steps ahead of the start, is first reached exactly at
-step `length` (1 <= length < 60).
+and stops (``</think>``) after the first line that ends ``-> a10``; the answer is that ``a``.
+
+Why this stop rule. Whether to stop is read off the line just written (its state ends ``10``), the
+same local rule at every length, so a model trained on short problems can stop right on longer
+ones. Two earlier versions failed in ways this one avoids: a stop pair named by each question must
+be compared with the question far back in the context at every line, and the tiny built-in models
+never learned that (they stopped after the longest trained trace instead); a fixed stop *pair*
+((x, y) = (0, 1)) makes the start pair alone fix the length and the whole (x, y) trajectory, so the
+31 start pairs of the trained lengths were memorized (round one went wrong from the first unseen
+start pair). Here the stop involves the sum, so the length and the trajectory depend on all three
+start digits: 270 problems of 2-32 steps from 72 start pairs, and every start pair of a longer
+problem also starts a trained one (with another sum). The state is a permutation of 1,000 triples,
+so a length has at most 10 problems; lengths 1-60 occur.
 
 Every line has the same width in characters and (DejaVu Sans digits are all one advance wide) in
 pixels, so a page of optical memory holding several lines always has the same layout, and what the
 next round needs -- the three digits that end the page's last line -- is always in the same place,
-side by side. Each line is one token per character with the built-in byte-level tokenizer.
+inside one vision token (`vtcr.builtin.recipe.builtin_render_config`). A round's first line copies
+them first (the state is written at both ends of a line), so every digit read from a page is read
+one after the other at the start of the round. Each line is one token per character with the
+built-in tokenizer.
 
 `problems` makes seeded problem sets; `solve` recomputes a question's answer from its text alone
 (an independent check of the generator); `parse_length_range` reads ``MIN:MAX`` and refuses
@@ -32,58 +44,79 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 TASK_NAME = "builtin"
 MODULUS = 10
-CYCLE = 60  # the Pisano period mod 10: the cycle through (0, 1)
+MAX_LENGTH = 60  # the longest first passage to (y, s) = (1, 0) from any start
 TRAIN_LENGTHS = (2, 32)  # steps per problem the built-in models are trained on
 SUPPORTED_LENGTHS = (2, 48)  # 1.5x the longest trained: what evaluation accepts
 LINES_PER_SEGMENT = 6  # steps per round of optical memory (one page)
+STOP = (1, 0)  # (y, s) after the step that ends a run
 TRAIN_SEED = 0  # the built-in models' training problems: problems(TRAIN_PROBLEMS, TRAIN_SEED, TRAIN_LENGTHS)
-TRAIN_PROBLEMS = 6000
+# 216 of the 270 problems of lengths 2-32: the other 54 stay held out, so that held-out problems
+# exist at every trained length too.
+TRAIN_PROBLEMS = 216
 HELDOUT_SEED = 1  # the default seed of held-out evaluation problems
 
 _QUESTION = re.compile(
-    r"^\s*x=(\d) y=(\d) s=(\d)\. Repeat z=\(x\+y\)%10, s=\(s\+z\)%10, x=y, y=z until x=(\d) y=(\d)\. Answer s\.\s*$"
+    r"^\s*x=(\d) y=(\d) s=(\d)\. Repeat z=\(x\+y\)%10, s=\(s\+z\)%10, x=y, y=z until y=1 s=0\. Answer x\.\s*$"
 )
 
 
-def cycle_pairs() -> list[tuple[int, int]]:
-    """The 60 pairs of the cycle through (0, 1), in recurrence order."""
-    pairs, (x, y) = [], (0, 1)
-    for _ in range(CYCLE):
-        pairs.append((x, y))
-        x, y = y, (x + y) % MODULUS
-    if (x, y) != (0, 1) or len(set(pairs)) != CYCLE:  # a guard on the arithmetic above
-        raise AssertionError("the Fibonacci recurrence mod 10 does not have period 60")
-    return pairs
+def _step(x: int, y: int, s: int) -> tuple[int, int, int]:
+    z = (x + y) % MODULUS
+    return y, z, (s + z) % MODULUS
+
+
+def first_passage(x: int, y: int, s: int, max_steps: int = MAX_LENGTH) -> int | None:
+    """Steps from (x, y, s) until y=1 and s=0 after a step (None if not within `max_steps`)."""
+    for n in range(1, max_steps + 1):
+        x, y, s = _step(x, y, s)
+        if (y, s) == STOP:
+            return n
+    return None
+
+
+def problems_of_length(length: int) -> list[Problem]:
+    """Every problem of exactly `length` steps, in (x, y, s) order (at most 10)."""
+    check_length(length, (1, MAX_LENGTH))
+    return list(_by_length().get(length, ()))
+
+
+@lru_cache(maxsize=1)
+def _by_length() -> dict[int, tuple[Problem, ...]]:
+    out: dict[int, list[Problem]] = {}
+    for x in range(MODULUS):
+        for y in range(MODULUS):
+            for s in range(MODULUS):
+                length = first_passage(x, y, s)
+                if length is not None:
+                    out.setdefault(length, []).append(Problem(x, y, s, length))
+    return {k: tuple(v) for k, v in out.items()}
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One task problem: start pair (x, y), start sum s, stop pair, and its length in steps."""
+    """One task problem: start pair (x, y), start sum s, and its length in steps."""
 
     x: int
     y: int
     s: int
-    stop: tuple[int, int]
     length: int
 
     def question(self) -> str:
-        return (
-            f"x={self.x} y={self.y} s={self.s}. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z "
-            f"until x={self.stop[0]} y={self.stop[1]}. Answer s."
-        )
+        return f"x={self.x} y={self.y} s={self.s}. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until y=1 s=0. Answer x."
 
     def lines(self) -> list[str]:
-        """The reasoning, one line per step (each ends with a newline): the two computations,
-        then the next state ``-> x y s``."""
+        """The reasoning, one line per step (each ends with a newline): the state the step starts
+        from, the two computations, then the next state ``-> xys``."""
         out, x, y, s = [], self.x, self.y, self.s
         for _ in range(self.length):
             z = (x + y) % MODULUS
             s_new = (s + z) % MODULUS
-            out.append(f"({x}+{y})%10={z} ({s}+{z})%10={s_new} -> {y} {z} {s_new}\n")
+            out.append(f"{x}{y}{s} ({x}+{y})%10={z} ({s}+{z})%10={s_new} -> {y}{z}{s_new}\n")
             x, y, s = y, z, s_new
         return out
 
@@ -101,47 +134,33 @@ class Problem:
         return -(-self.length // lines_per_segment)
 
 
-def problem_at(start_index: int, s: int, length: int) -> Problem:
-    """The problem that starts at pair `start_index` of the cycle with sum `s` and runs `length` steps."""
-    check_length(length, (1, CYCLE - 1))
-    pairs = cycle_pairs()
-    x, y = pairs[start_index % CYCLE]
-    return Problem(x=x, y=y, s=s % MODULUS, stop=pairs[(start_index + length) % CYCLE], length=length)
-
-
 def parse_question(text: str) -> Problem | None:
     """The problem a question states, or None for any text that is not a question of the task
-    (including a start pair off the 60-cycle, or a stop pair it never reaches)."""
+    (including a start that does not reach y=1 s=0 within 60 steps)."""
     if not isinstance(text, str):
         return None
     m = _QUESTION.match(text)
     if not m:
         return None
-    x, y, s, a, b = (int(g) for g in m.groups())
-    pairs = cycle_pairs()
-    if (x, y) not in pairs or (a, b) not in pairs:
-        return None
-    start = pairs.index((x, y))
-    length = (pairs.index((a, b)) - start) % CYCLE
-    if length == 0:
-        return None
-    return Problem(x=x, y=y, s=s, stop=(a, b), length=length)
+    x, y, s = (int(g) for g in m.groups())
+    length = first_passage(x, y, s)
+    return None if length is None else Problem(x=x, y=y, s=s, length=length)
 
 
-def solve(question: str, max_steps: int = 10 * CYCLE) -> int:
-    """The answer of a task question, by running the recurrence the question states until its stop
-    pair (independently of `Problem.lines`). ValueError for a text that is not a task question."""
+def solve(question: str, max_steps: int = 10 * MAX_LENGTH) -> int:
+    """The answer of a task question, by running the recurrence the question states until y=1 s=0
+    (independently of `Problem.lines`). ValueError for a text that is not a task question."""
     m = _QUESTION.match(question) if isinstance(question, str) else None
     if not m:
         raise ValueError(f"not a question of the built-in task: {question!r:.80}")
-    x, y, s, a, b = (int(g) for g in m.groups())
+    x, y, s = (int(g) for g in m.groups())
     for _ in range(max_steps):
         z = (x + y) % MODULUS
         s = (s + z) % MODULUS
         x, y = y, z
-        if (x, y) == (a, b):
-            return s
-    raise ValueError(f"the stop pair x={a} y={b} is never reached from the start pair of {question!r:.80}")
+        if y == 1 and s == 0:
+            return x
+    raise ValueError(f"y=1 s=0 is never reached from the start of {question!r:.80}")
 
 
 def check_length(length: int, supported: tuple[int, int] = SUPPORTED_LENGTHS) -> int:
@@ -172,8 +191,8 @@ def parse_length_range(spec: Any, supported: tuple[int, int] = SUPPORTED_LENGTHS
 
 
 def random_problem(rng: random.Random, lengths: tuple[int, int]) -> Problem:
-    length = rng.randint(lengths[0], lengths[1])
-    return problem_at(rng.randrange(CYCLE), rng.randrange(MODULUS), length)
+    """A length uniform in `lengths`, then one of that length's problems."""
+    return rng.choice(problems_of_length(rng.randint(lengths[0], lengths[1])))
 
 
 def problems(
@@ -185,8 +204,8 @@ def problems(
     Lengths are drawn uniformly from `lengths` (both ends included)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"number of problems must be a non-negative int, got {n!r}")
-    lo, hi = parse_length_range(lengths, (1, CYCLE - 1))
-    capacity = CYCLE * MODULUS * (hi - lo + 1)
+    lo, hi = parse_length_range(lengths, (1, MAX_LENGTH))
+    capacity = sum(len(problems_of_length(k)) for k in range(lo, hi + 1))
     if n > capacity:
         raise ValueError(f"only {capacity} distinct problems have lengths {lo}:{hi}; asked for {n}")
     rng = random.Random(seed)
@@ -223,7 +242,7 @@ def heldout_problems(n: int, seed: int = HELDOUT_SEED, lengths: Any = SUPPORTED_
 
 
 __all__ = [
-    "HELDOUT_SEED", "TRAIN_PROBLEMS", "TRAIN_SEED", "heldout_problems", "training_questions",
-    "CYCLE", "LINES_PER_SEGMENT", "SUPPORTED_LENGTHS", "TASK_NAME", "TRAIN_LENGTHS", "Problem", "check_length",
-    "cycle_pairs", "parse_length_range", "parse_question", "problem_at", "problems", "random_problem", "solve",
+    "HELDOUT_SEED", "TRAIN_PROBLEMS", "TRAIN_SEED", "heldout_problems", "training_questions", "MAX_LENGTH", "STOP",
+    "LINES_PER_SEGMENT", "SUPPORTED_LENGTHS", "TASK_NAME", "TRAIN_LENGTHS", "Problem", "check_length",
+    "first_passage", "parse_length_range", "parse_question", "problems", "problems_of_length", "random_problem", "solve",
 ]  # fmt: skip
