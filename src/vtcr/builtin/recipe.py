@@ -3,7 +3,8 @@
 tokenizer -> tiny Qwen3-VL with random weights (`vtcr.models`) -> task traces
 (`vtcr.data.synthetic`) -> the real builder (`vtcr.data.build_dataset`, the built-in page layout)
 -> the trainer (`vtcr.train.train`) twice from the same initial weights, on the same problems with
-the same steps and batch: ``vtc`` (optical-memory samples) and ``standard`` (whole traces).
+the same steps and supervised tokens a step: ``vtc`` (optical-memory samples) and ``standard``
+(whole traces).
 
 `rebuild` works in a work folder next to the target (`.rebuild-work`), one finished stage at a time
 (init, data, each model, each with its own marker), under an fcntl lock; a killed rebuild resumes
@@ -70,9 +71,9 @@ class BuiltinRecipe:
     # slowly at the text model's rate; the standard model never runs it (no images: no gradient).
     vision_lr_scale: float = 5.0
     max_steps: int = 5000
-    batch_size: int = 4  # the standard model's: 4 whole traces a step (~510 supervised tokens each)
+    batch_size: int = 4  # the standard model's: 4 whole traces a step (~560 supervised tokens each)
     # The vtc model's: the same supervised-token budget a step as standard's (a vtc sample is one
-    # round, ~170 supervised tokens), so that both models see the same tokens in the same steps.
+    # round, ~180 supervised tokens), so that both models see the same tokens in the same steps.
     vtc_batch_size: int = 12
     warmup_ratio: float = 0.02
     cutoff_len: int = 2048
