@@ -152,14 +152,15 @@ from vtcr.builtin import (  # noqa: E402
     verify,
 )
 from vtcr._cpu import usable_cores  # noqa: E402
-from vtcr.builtin.recipe import LOCK_NAME, MANIFEST_FILE, WORK_NAME, BuiltinRecipe, rebuild, rebuild_lock  # noqa: E402
+from vtcr.builtin.recipe import LOCK_NAME, MANIFEST_FILE, RECIPE_VERSION, WORK_NAME, BuiltinRecipe, rebuild, rebuild_lock  # noqa: E402
 
 
 def test_the_shipped_weights_verify_and_fit_the_budget():
     manifest = verify()
     sizes = {name: sum(v["bytes"] for k, v in manifest["files"].items() if k.startswith(name + "/")) for name in ("vtc", "standard")}
     assert all(sizes.values()) and sum(sizes.values()) <= 25_000_000
-    assert manifest["recipe"] == BuiltinRecipe().to_dict()  # the weights are what the recipe trains
+    # the weights are what the recipe trains (fields added later, at their off default, are not in old manifests)
+    assert BuiltinRecipe.from_dict(manifest["recipe"]) == BuiltinRecipe() and manifest["recipe"]["version"] == RECIPE_VERSION
     assert {m: e["ok"] for m, e in info()["models"].items()} == {"vtc": True, "standard": True}
     assert model_dir("standard") == WEIGHTS_DIR / "standard" and model_dir("no-memory") == WEIGHTS_DIR / "vtc"
 
@@ -233,7 +234,8 @@ def test_eval_without_a_model_uses_both_builtin_models(tmp_path, capsys):
 # --- the rebuild: lock, resume, publish -------------------------------------------------------------
 
 TINY = BuiltinRecipe(problems=6, lengths=(2, 7), max_steps=2, stage2_steps=1, stage2_modes=("vtc",), batch_size=2,
-                     vtc_batch_size=2, save_steps=1, cutoff_len=512)
+                     vtc_batch_size=2, save_steps=1, cutoff_len=512, reading_steps=2, reading_batch_size=2,
+                     reading_check_pages=2)
 
 
 class _Killed(Exception):
@@ -246,13 +248,13 @@ def test_a_killed_rebuild_resumes_and_publishes_atomically(tmp_path):
 
     def killer(message: str) -> None:
         messages.append(message)
-        if message.startswith("3/4"):
-            raise _Killed  # killed after the data build, before training
+        if message.startswith("4/5"):
+            raise _Killed  # killed after the reading stage, before the fine-tunings
 
     with pytest.raises(_Killed):
         rebuild(root, TINY, log=killer)
     work = root / WORK_NAME
-    assert (work / "init.done").is_file() and (work / "data.done").is_file()
+    assert all((work / f"{stage}.done").is_file() for stage in ("init", "data", "reading-data", "read"))
     assert not (root / LOCK_NAME).exists() and not (root / MANIFEST_FILE).exists()  # no stale lock, nothing published
 
     with rebuild_lock(root):  # a second rebuild while one runs is refused, naming the lock
@@ -261,7 +263,7 @@ def test_a_killed_rebuild_resumes_and_publishes_atomically(tmp_path):
 
     messages.clear()
     manifest = rebuild(root, TINY, log=messages.append, parallel=True)  # both models at once, a process each
-    assert any("resuming" in m for m in messages) and not any(m.startswith(("1/4", "2/4")) for m in messages)
+    assert any("resuming" in m for m in messages) and not any(m.startswith(("1/5", "2/5", "3/5")) for m in messages)
     assert any("side by side" in m for m in messages)
     each = max(1, usable_cores() // 2)  # the cores split between the two trainings
     assert {m: manifest["trained"][m]["stage1"]["timing"]["threads"] for m in ("vtc", "standard")} == {"vtc": each, "standard": each}
@@ -271,3 +273,12 @@ def test_a_killed_rebuild_resumes_and_publishes_atomically(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["manifest.json", "standard", "vtc"]  # work folder and lock gone
     verify(root=root)
     assert manifest["trained"]["vtc"]["stage2"]["global_step"] == 1
+    assert manifest["reading"]["global_step"] == 2 and manifest["reading"]["unseen_pages"]["answers"]["of"] == 2
+    # both fine-tunings start from the reading stage with its vision tower frozen: the same tower
+    import torch
+    from safetensors.torch import load_file
+
+    towers = [{k: v for k, v in load_file(str(root / m / "model.safetensors")).items() if ".visual." in k or k.startswith("visual.")}
+              for m in ("vtc", "standard")]  # fmt: skip
+    assert towers[0] and towers[0].keys() == towers[1].keys()
+    assert all(torch.equal(towers[0][k], towers[1][k]) for k in towers[0])

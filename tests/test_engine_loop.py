@@ -254,6 +254,28 @@ def test_no_memory_mode_never_appends_images():
     assert len({r.seed for r in backend.requests}) == 3  # a fresh sample each round
 
 
+def _images(request: GenerationRequest) -> list:
+    return [p["image"] for m in request.messages for p in m["content"] if p.get("type") == "image"]
+
+
+def test_blank_memory_sends_the_vtc_pages_blank():
+    script = ["<think>\nFirst round: 12 + 30 = 42.", "Second round carries 42 on.", "Done.\n</think>\n\\boxed{42}"]
+    runs = {}
+    for mode in ("vtc", "blank-memory"):
+        backend = ScriptedBackend({"Q?": list(script)})
+        runs[mode] = (reason("Q?", backend, EngineConfig(mode=mode, max_rounds=5)), backend.requests)
+    (vtc, vtc_requests), (blank, blank_requests) = runs["vtc"], runs["blank-memory"]
+    assert blank.finished and blank.answer == vtc.answer == "42"
+    assert [r.images for r in blank.rounds] == [r.images for r in vtc.rounds] == [0, 1, 2]
+    assert [r.pages for r in blank.rounds] == [r.pages for r in vtc.rounds]
+    assert blank_requests[0].messages == vtc_requests[0].messages  # same system prompt and question
+    for ours, theirs in zip(blank_requests, vtc_requests):
+        for page, written in zip(_images(ours), _images(theirs)):
+            assert page.size == written.size and page.mode == written.mode
+            assert len(written.getcolors(1 << 16)) > 1  # the vtc page has ink
+            assert page.getcolors(1 << 16) == [(page.width * page.height, written.getpixel((0, 0)))]  # one colour: its background
+
+
 def test_standard_mode_is_one_long_round():
     backend = ScriptedBackend({})
     record = reason("Q?", backend, EngineConfig(mode="standard", max_rounds=4, round_tokens=100))
@@ -380,5 +402,5 @@ def test_render_config_given_else_the_models_else_the_papers_with_a_warning(tmp_
         EngineConfig(render_preset="dense", render_config=preset("vtcr1"))
 
 
-def test_modes_are_the_documented_four():
-    assert MODES == ("vtc", "standard", "text", "no-memory")
+def test_modes_are_the_documented_five():
+    assert MODES == ("vtc", "standard", "text", "no-memory", "blank-memory")

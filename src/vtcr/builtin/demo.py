@@ -2,9 +2,10 @@
 
 1. One held-out problem of the built-in task reasoned in ``vtc`` mode, round by round: what each
    round was given (pages, vision tokens) and wrote; its pages are saved.
-2. `vtcr.evaluate.run_eval` on held-out problems (`builtin` benchmark) in all four modes -- ``vtc``,
-   ``standard`` (the standard built-in model, whole traces), ``text`` and ``no-memory`` (the vtc
-   model without rendering / without pages) -- and the comparison table: accuracy, rounds, peak
+2. `vtcr.evaluate.run_eval` on held-out problems (`builtin` benchmark) in the four modes of the
+   paper's comparison -- ``vtc``, ``standard`` (the standard built-in model, whole traces), ``text``
+   and ``no-memory`` (the vtc model without rendering / without pages) -- and the ``blank-memory``
+   control (the vtc model given blank pages: are the pages read, or only counted?), and the comparison table: accuracy, rounds, peak
    context tokens, generated tokens, latency. The eval folder's index.html is the viewer (it shows
    every vtc round's pages).
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from vtcr.data.synthetic import SUPPORTED_LENGTHS, parse_length_range
 
-DEMO_MODES = ("vtc", "standard", "text", "no-memory")
+DEMO_MODES = ("vtc", "standard", "text", "no-memory", "blank-memory")
 DEMO_PROBLEMS = 4
 DEMO_SEED = 2
 
@@ -92,7 +93,8 @@ def run_demo(
     log("")
     log(comparison_table(summary))
     log("\nvtc: question + page images of earlier rounds (vtc model); standard: one long text context (standard model); "
-        "text: earlier rounds as text (vtc model); no-memory: the question only, every round (vtc model). "
+        "text: earlier rounds as text (vtc model); no-memory: the question only, every round (vtc model); "
+        "blank-memory: as vtc, but every page sent blank (vtc model: are the pages read, or only counted?). "
         "peak context = the largest round's prompt + generated tokens.")
     log(f"\nviewer: {eval_dir / 'index.html'} (every run, with the pages of each vtc round); report: {eval_dir / 'report.md'}")
     return summary

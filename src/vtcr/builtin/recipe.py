@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import time
 from contextlib import contextmanager
@@ -66,10 +67,23 @@ class BuiltinRecipe:
     # the tiny head_dim 32 it leaves almost every frequency pair still over a few hundred positions,
     # so a page's rows and columns, and one page from the next, barely differ to attention.
     rope_theta: float = 10000.0
-    lr: float = 2e-3
-    # The vision tower starts from random weights and learns to read the digits at a page's end
-    # slowly at the text model's rate; the standard model never runs it (no images: no gradient).
+    # An optional reading stage (shared by both models, before either fine-tuning): the random-weight
+    # model learns to write out the end of the last of 1-3 pages of task-shaped lines whose digits
+    # are all random -- fresh pages every sample, never a training trace -- as the paper's models
+    # start from a VLM that already reads. Off in the shipped recipe: on the tiny architecture its
+    # loss stayed at chance (the text model does not learn to use the vision tokens; MODEL_CARD.md).
+    reading_steps: int = 0
+    reading_batch_size: int = 12
+    reading_lr: float = 2e-3
+    reading_pages: tuple[int, int] = (1, 3)
+    reading_lines_out: int = 1  # lines from the end of the last page written out (the last holds the state)
+    reading_check_pages: int = 48  # unseen pages the rebuild writes out after the reading stage (manifest)
+    # The vision tower starts random and learns slowly at the text model's rate.
     vision_lr_scale: float = 5.0
+    # After the reading stage the vision tower (and its merger) stays as it is in both
+    # fine-tunings: the vtc model cannot re-learn its training pages by heart, only use what it reads.
+    freeze_vision_after_reading: bool = True
+    lr: float = 2e-3
     max_steps: int = 5000
     batch_size: int = 4  # the standard model's: 4 whole traces a step (~560 supervised tokens each)
     # The vtc model's: the same supervised-token budget a step as standard's (a vtc sample is one
@@ -88,6 +102,10 @@ class BuiltinRecipe:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lengths", tuple(self.lengths))
+        object.__setattr__(self, "reading_pages", tuple(self.reading_pages))
+        lo, hi = self.reading_pages
+        if not 1 <= lo <= hi:
+            raise ValueError(f"reading_pages {self.reading_pages!r}: expected (min, max) with 1 <= min <= max")
         object.__setattr__(self, "modes", tuple(self.modes))
         object.__setattr__(self, "stage2_modes", tuple(self.stage2_modes))
         unknown = [m for m in self.modes if m not in MODES_TRAINED]
@@ -105,6 +123,7 @@ class BuiltinRecipe:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["lengths"] = list(self.lengths)
+        out["reading_pages"] = list(self.reading_pages)
         out["modes"] = list(self.modes)
         out["stage2_modes"] = list(self.stage2_modes)
         out["version"] = RECIPE_VERSION
@@ -188,19 +207,155 @@ def build_builtin_data(recipe: BuiltinRecipe, model_dir: Path, out: Path, progre
     return build_dataset(config, out, progress=progress, plots=False)
 
 
+# --- the reading stage ------------------------------------------------------------------------------
+
+READING_QUESTION = "Write out the end of the last page."
+READING_SAMPLES_FILE = "samples.jsonl"
+
+
+def _reading_page(renderer: Any, rng: random.Random) -> tuple[str, Any]:
+    from vtcr.data.synthetic import reading_lines
+
+    text = "".join(reading_lines(rng, LINES_PER_SEGMENT))
+    pages = list(renderer.iter_pages(text))
+    if len(pages) != 1:  # the layout is the training pages' own: six task lines fill exactly one page
+        raise RuntimeError(f"a reading page of {LINES_PER_SEGMENT} lines rendered to {len(pages)} pages")
+    return text, pages[0]
+
+
+def reading_sample(rng: random.Random, renderer: Any, folder: Path, name: str, system_prompt: str,
+                   pages: tuple[int, int], lines_out: int):  # fmt: skip
+    """One reading sample: the system prompt, READING_QUESTION with 1-3 pages of random
+    task-shaped lines (saved under `folder/images`), and the last `lines_out` lines of the last
+    page as the answer."""
+    from vtcr.prompts import user_parts
+    from vtcr.render import save_png
+    from vtcr.train.data import Sample
+
+    n = rng.randint(*pages)
+    paths = []
+    for j in range(n):
+        text, page = _reading_page(renderer, rng)
+        paths.append(str(save_png(page, folder / "images" / f"{name}-{j}.png")))
+    messages = (
+        {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
+        {"role": "user", "content": user_parts(READING_QUESTION, n)},
+        {"role": "assistant", "content": [{"type": "text", "text": "".join(text.splitlines(keepends=True)[-lines_out:])}]},
+    )
+    return Sample(id=name, messages=messages, images=tuple(paths))
+
+
+def build_reading_samples(recipe: BuiltinRecipe, folder: Path, system_prompt: str, progress: bool = False) -> Path:
+    """The reading stage's samples (one per sample the stage trains on: every page is new), seeded
+    by the recipe, written to `folder` (images/ and samples.jsonl). Returns the samples file."""
+    from tqdm.auto import tqdm
+
+    from vtcr.render import get_renderer
+
+    renderer = get_renderer(builtin_render_config())
+    rng = random.Random(f"vtcr-builtin-reading-{recipe.seed}")
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in tqdm(range(recipe.reading_steps * recipe.reading_batch_size), desc="reading pages", unit="sample", disable=not progress):
+        sample = reading_sample(rng, renderer, folder, f"read-{i:06d}", system_prompt, recipe.reading_pages, recipe.reading_lines_out)
+        rows.append(json.dumps({"id": sample.id, "messages": sample.messages, "images": [Path(p).name for p in sample.images]}))
+    path = folder / READING_SAMPLES_FILE
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def load_reading_samples(folder: Path) -> list[Any]:
+    from vtcr.train.data import Sample
+
+    out = []
+    for line in (folder / READING_SAMPLES_FILE).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        out.append(Sample(id=row["id"], messages=tuple(row["messages"]),
+                          images=tuple(str(folder / "images" / name) for name in row["images"])))  # fmt: skip
+    return out
+
+
+def reading_check(model_dir: Path, n: int = 24, seed: int = 12345, pages: tuple[int, int] = (1, 3), lines_out: int = 1,
+                  threads: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """How well `model_dir` writes out the end of the last of 1-3 pages it has never seen (fresh
+    random lines, the built-in layout), greedy: answers, lines and digits right, and the state that
+    ends the page (its last three digits: what a round of the task reads). An independent check
+    that the pages are read, not recalled."""
+    import tempfile
+
+    import torch
+
+    from vtcr.engine import GenerationRequest, TransformersBackend
+    from vtcr.prompts import SYSTEM_PROMPT
+    from vtcr.render import get_renderer
+
+    if threads:
+        torch.set_num_threads(threads)
+    backend = TransformersBackend.from_pretrained(model_dir, max_image_pixels=PAGE_PIXELS)
+    renderer = get_renderer(builtin_render_config())
+    rng = random.Random(f"vtcr-builtin-reading-check-{seed}")
+    right = {"answers": 0, "lines": 0, "digits": 0, "states": 0}
+    total = {"answers": 0, "lines": 0, "digits": 0, "states": 0}
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            sample = reading_sample(rng, renderer, Path(tmp), f"check-{i}", SYSTEM_PROMPT, pages, lines_out)
+            images = [Image.open(p).convert("RGB") for p in sample.images]
+            content = [{"type": "text", "text": READING_QUESTION}] + [{"type": "image", "image": im} for im in images]
+            gold = sample.messages[-1]["content"][0]["text"]
+            result = backend.generate(GenerationRequest(
+                [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}],
+                max_new_tokens=len(gold) + 8, temperature=0.0))  # fmt: skip
+            got = result.text.removeprefix(backend.prompt_opens)
+            gold_lines, got_lines = gold.splitlines(), got.splitlines()
+            total["answers"] += 1
+            right["answers"] += got.strip() == gold.strip()
+            total["states"] += 1
+            right["states"] += bool(got_lines) and len(got_lines) >= len(gold_lines) and got_lines[len(gold_lines) - 1][-3:] == gold_lines[-1][-3:]
+            for k, line in enumerate(gold_lines):
+                other = got_lines[k] if k < len(got_lines) else ""
+                total["lines"] += 1
+                right["lines"] += other == line
+                digits = [c for c in line if c.isdigit()]
+                theirs = [c for c in other if c.isdigit()]
+                total["digits"] += len(digits)
+                right["digits"] += sum(a == b for a, b in zip(digits, theirs))
+    return {k: {"right": right[k], "of": total[k]} for k in total}
+
+
 def train_config(recipe: BuiltinRecipe, mode: str, model_dir: Path, data_dir: Path, out: Path, *,
                  progress: bool = False, threads: int | None = None, stage: int = 1):  # fmt: skip
-    """The TrainConfig of one stage of one model (stage 2 starts from stage 1's output)."""
+    """The TrainConfig of one stage of one model (stage 2 starts from stage 1's output; stage 0 is
+    the shared reading stage, `mode` "vtc": its samples carry pages)."""
     from vtcr.train import TrainConfig
 
-    steps, lr, seed = (recipe.max_steps, recipe.lr, recipe.seed) if stage == 1 else (recipe.stage2_steps, recipe.stage2_lr, recipe.seed + 1)
+    if stage == 0:
+        steps, lr, seed, batch = recipe.reading_steps, recipe.reading_lr, recipe.seed + 2, recipe.reading_batch_size
+    elif stage == 1:
+        steps, lr, seed, batch = recipe.max_steps, recipe.lr, recipe.seed, recipe.batch_for(mode)
+    else:
+        steps, lr, seed, batch = recipe.stage2_steps, recipe.stage2_lr, recipe.seed + 1, recipe.batch_for(mode)
+    # The vision tower starts random: it learns to read in the reading stage (or, without one, in
+    # the fine-tuning), at a higher rate; after the reading stage it may stay frozen.
+    frozen = stage > 0 and recipe.reading_steps > 0 and recipe.freeze_vision_after_reading
     return TrainConfig(
         data=str(data_dir), model=str(model_dir), out=str(out), mode=mode, lr=lr, max_steps=steps,
-        batch_size=recipe.batch_for(mode), grad_accum=1, warmup_ratio=recipe.warmup_ratio, cutoff_len=recipe.cutoff_len,
+        batch_size=batch, grad_accum=1, warmup_ratio=recipe.warmup_ratio, cutoff_len=recipe.cutoff_len,
         seed=seed, save_steps=recipe.save_steps, save_total_limit=1, logging_steps=10, progress=progress,
-        freeze_vision=False, vision_lr_scale=recipe.vision_lr_scale,  # the vision tower starts random: it must learn to read
+        freeze_vision=frozen, vision_lr_scale=1.0 if frozen else recipe.vision_lr_scale,
         max_image_pixels=PAGE_PIXELS, **({"threads": threads} if threads is not None else {}),
     )  # fmt: skip
+
+
+def train_reading(recipe: BuiltinRecipe, work: Path, *, progress: bool = False, threads: int | None = None) -> Path:
+    """The shared reading stage: init -> work/read (resumes from its last checkpoint)."""
+    from vtcr.train import train
+
+    samples = load_reading_samples(work / "reading-data")
+    train(train_config(recipe, "vtc", work / "init", work / "data", work / "read", progress=progress, threads=threads, stage=0),
+          samples=samples)  # fmt: skip
+    return work / "read"
 
 
 # --- training the models ----------------------------------------------------------------------------
@@ -222,7 +377,7 @@ def train_mode(recipe: BuiltinRecipe, work: Path, mode: str, *, progress: bool =
     """Every unfinished training stage of one model, each leaving its marker when it ends."""
     from vtcr.train import train
 
-    previous = work / "init"
+    previous = work / ("read" if recipe.reading_steps else "init")
     for stage, (out, marker) in enumerate(_stages(recipe, work, mode), start=1):
         if not marker.is_file():
             train(train_config(recipe, mode, previous, work / "data", out, progress=progress, threads=threads, stage=stage))
@@ -322,6 +477,10 @@ def rebuild_lock(root: Path):
             pass
 
 
+def _fraction(check: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v['right']}/{v['of']}" for k, v in check.items())
+
+
 def _stage(work: Path, name: str) -> Path:
     return work / f"{name}.done"
 
@@ -376,27 +535,48 @@ def rebuild(
         started = time.perf_counter()
         init = work / "init"
         if not _stage(work, "init").is_file():
-            log("1/4 tokenizer and random-weight model")
+            log("1/5 tokenizer and random-weight model")
             init_builtin_model(recipe, task_tokenizer(work / "tokenizer" / "tokenizer.json"), init)
             _stage(work, "init").write_text("ok\n")
         data = work / "data"
         if not _stage(work, "data").is_file():
-            log(f"2/4 training set: {recipe.problems} problems, lengths {recipe.lengths[0]}:{recipe.lengths[1]}")
+            log(f"2/5 training set: {recipe.problems} problems, lengths {recipe.lengths[0]}:{recipe.lengths[1]}")
             if data.exists():
                 shutil.rmtree(data)
             build_builtin_data(recipe, init, data, progress=progress)
             _stage(work, "data").write_text("ok\n")
         stats = json.loads((data / "stats.json").read_text(encoding="utf-8")) if (data / "stats.json").is_file() else {}
+        reading: dict[str, Any] = {}
+        if recipe.reading_steps and not _stage(work, "read").is_file():
+            log(f"3/5 reading stage (shared by both models): {recipe.reading_steps} steps of batch {recipe.reading_batch_size}, "
+                f"every sample new pages of random task lines")  # fmt: skip
+            if not _stage(work, "reading-data").is_file():
+                if (work / "reading-data").exists():
+                    shutil.rmtree(work / "reading-data")
+                from vtcr.train.data import read_build
+
+                build_reading_samples(recipe, work / "reading-data", read_build(data).system_prompt, progress=progress)
+                _stage(work, "reading-data").write_text("ok\n")
+            train_reading(recipe, work, progress=progress, threads=threads)
+            check = reading_check(work / "read", n=recipe.reading_check_pages, pages=recipe.reading_pages,
+                                  lines_out=recipe.reading_lines_out, threads=threads)
+            (work / "read" / "reading_check.json").write_text(json.dumps(check, indent=2) + "\n", encoding="utf-8")
+            _stage(work, "read").write_text("ok\n")
+        if recipe.reading_steps:
+            log_data = json.loads((work / "read" / "train_log.json").read_text(encoding="utf-8"))
+            reading = {k: log_data.get(k) for k in ("final_train_loss", "timing", "global_step")}
+            reading["unseen_pages"] = json.loads((work / "read" / "reading_check.json").read_text(encoding="utf-8"))
+            log(f"   the reading stage writes out unseen pages: {_fraction(reading['unseen_pages'])}")
         pending = [m for m in recipe.modes if not _mode_done(recipe, work, m)]
         side_by_side = len(pending) > 1 and (parallel if parallel is not None else usable_cores() >= 2)
         if side_by_side:
             each = threads or max(1, usable_cores() // len(pending))
-            log(f"3/4 training the {' and '.join(pending)} models side by side ({each} torch thread(s) each): "
+            log(f"4/5 training the {' and '.join(pending)} models side by side ({each} torch thread(s) each): "
                 f"{recipe.max_steps} steps (batch: {', '.join(f'{m} {recipe.batch_for(m)}' for m in pending)})")
             _train_side_by_side(recipe, work, pending, each)
         else:
             for mode in pending:
-                log(f"{3 + recipe.modes.index(mode)}/4 training the {mode} model: {recipe.max_steps} steps of batch {recipe.batch_for(mode)}")
+                log(f"{4 + recipe.modes.index(mode)}/5 training the {mode} model: {recipe.max_steps} steps of batch {recipe.batch_for(mode)}")
                 train_mode(recipe, work, mode, progress=progress, threads=threads)
         trained: dict[str, Any] = {}
         for mode in recipe.modes:
@@ -416,7 +596,7 @@ def rebuild(
                 _half_precision(dest)
         manifest = write_manifest(publish, {
             "recipe": recipe.to_dict(), "recipe_key": recipe.key(), "render_config": builtin_render_config().to_dict(),
-            "samples": stats.get("samples"), "problems": stats.get("problems"), "trained": trained,
+            "samples": stats.get("samples"), "problems": stats.get("problems"), "reading": reading, "trained": trained,
             "rebuild_seconds_this_run": round(time.perf_counter() - started, 1),
         })  # fmt: skip
         # publish: the old models move aside, the new folder's contents move in, the old go

@@ -190,6 +190,16 @@ def parse_length_range(spec: Any, supported: tuple[int, int] = SUPPORTED_LENGTHS
     return lo, hi
 
 
+def reading_lines(rng: random.Random, n: int = LINES_PER_SEGMENT) -> list[str]:
+    """`n` lines of the task's shape whose every digit is drawn at random (they do not follow the
+    recurrence): text that can only be written back right by reading it, for the built-in models'
+    reading stage. Each ends with a newline, as `Problem.lines`."""
+    def d() -> int:
+        return rng.randrange(MODULUS)
+
+    return [f"{d()}{d()}{d()} ({d()}+{d()})%10={d()} ({d()}+{d()})%10={d()} -> {d()}{d()}{d()}\n" for _ in range(n)]
+
+
 def random_problem(rng: random.Random, lengths: tuple[int, int]) -> Problem:
     """A length uniform in `lengths`, then one of that length's problems."""
     return rng.choice(problems_of_length(rng.randint(lengths[0], lengths[1])))
@@ -244,5 +254,5 @@ def heldout_problems(n: int, seed: int = HELDOUT_SEED, lengths: Any = SUPPORTED_
 __all__ = [
     "HELDOUT_SEED", "TRAIN_PROBLEMS", "TRAIN_SEED", "heldout_problems", "training_questions", "MAX_LENGTH", "STOP",
     "LINES_PER_SEGMENT", "SUPPORTED_LENGTHS", "TASK_NAME", "TRAIN_LENGTHS", "Problem", "check_length",
-    "first_passage", "parse_length_range", "parse_question", "problems", "problems_of_length", "random_problem", "solve",
+    "first_passage", "parse_length_range", "parse_question", "problems", "problems_of_length", "random_problem", "reading_lines", "solve",
 ]  # fmt: skip

@@ -40,7 +40,7 @@ from vtcr.grade import extract_answer
 from vtcr.models.conventions import round_text
 
 from .backend import Backend, GenerationRequest, GenerationResult
-from .modes import EngineConfig, check_question, is_final, round_messages
+from .modes import PAGE_MODES, EngineConfig, check_question, is_final, round_messages
 from .record import RoundRecord, RunRecord
 
 # on_round(problem_index, round_record, run_record): called in the caller's thread after each round.
@@ -62,7 +62,7 @@ def run_render_config(config: EngineConfig, backend: Backend):
     from vtcr.render import render_config, resolve_render_config
 
     model = getattr(backend, "render_config", None)
-    if config.mode != "vtc":  # nothing is rendered: record what is known, warn about nothing
+    if config.mode not in PAGE_MODES:  # nothing is rendered: record what is known, warn about nothing
         return render_config(config.render) or render_config(model)
     return resolve_render_config(config.render, model, model_name=f"model {getattr(backend, 'name', '?')!r}")
 
@@ -86,13 +86,24 @@ class _Problem:
     def rounds_done(self) -> int:
         return len(self.record.rounds)
 
+    def pages_sent(self) -> list[Any]:
+        """The pages this round's prompt holds: every page so far (``vtc``), each as a blank page of
+        the same size and background (``blank-memory``), or none."""
+        if self.config.mode == "vtc":
+            return self.pages
+        if self.config.mode == "blank-memory":
+            from PIL import Image
+
+            return [Image.new(page.mode, page.size, page.getpixel((0, 0))) for page in self.pages]
+        return []
+
     def request(self) -> GenerationRequest:
         cfg = self.config
         prefix = self.record.response if cfg.mode == "text" else ""
         if prefix and self.opens and prefix.startswith(self.opens):  # the prompt writes it already
             prefix = prefix[len(self.opens) :]
         return GenerationRequest(
-            messages=round_messages(cfg, self.question, self.pages if cfg.mode == "vtc" else []),
+            messages=round_messages(cfg, self.question, self.pages_sent()),
             max_new_tokens=cfg.tokens_per_round,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
@@ -125,7 +136,7 @@ class _Problem:
             return self.finish("length" if result.finish_reason == "length" else "no_answer")
         if self.rounds_done >= cfg.max_rounds:
             return self.finish("max_rounds")
-        return "render" if cfg.mode == "vtc" else "generate"
+        return "render" if cfg.mode in PAGE_MODES else "generate"
 
     def on_rendered(self, pages: list[Any], seconds: float) -> str:
         last = self.record.rounds[-1]
@@ -263,7 +274,7 @@ def _drive(
                     except Exception as exc:  # e.g. a prompt the template cannot render
                         advance(p, p.fail(exc))
                         continue
-                    images = len(p.pages) if config.mode == "vtc" else 0
+                    images = len(p.pages) if config.mode in PAGE_MODES else 0
                     pending[gen_pool.submit(backend.generate, request)] = (p, "generate", images)
                     generating += 1
                 if not pending:

@@ -1,4 +1,4 @@
-"""The engine's configuration, its four modes, and the one rule that ends a run.
+"""The engine's configuration, its five modes, and the one rule that ends a run.
 
 Modes (what round k, counted from 1, sends to the model):
 
@@ -15,6 +15,11 @@ Modes (what round k, counted from 1, sends to the model):
   System prompt as in ``standard``.
 - ``no-memory`` (the paper's ablation): like ``vtc``, but pages are never appended: every round sees
   only the system prompt and the question.
+- ``blank-memory`` (control: is what is written on the pages read?): like ``vtc`` -- the same rounds
+  rendered, the same number of pages of the same size in the same places -- but every page is sent
+  blank (its background colour only). A model that reads its pages falls to ``no-memory``'s level
+  here; one that scores as in ``vtc`` uses only how many pages there are (the round number), not
+  what they say. ``no-memory`` alone cannot tell these apart.
 
 Every mode uses the chat template's plain generation prompt (no ``enable_thinking``): a VTC-R1
 model writes its own ``<think>``, as its training samples do, and a round's text is what the model
@@ -36,7 +41,8 @@ from typing import Any
 from vtcr.grade import ANSWER_TYPES, last_answer_box
 from vtcr.prompts import SYSTEM_PROMPT, user_parts
 
-MODES = ("vtc", "standard", "text", "no-memory")
+MODES = ("vtc", "standard", "text", "no-memory", "blank-memory")
+PAGE_MODES = ("vtc", "blank-memory")  # modes that render each round and send pages
 
 _THINK_CLOSE = "</think>"
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
@@ -150,7 +156,7 @@ def check_question(question: Any, where: str = "question") -> str:
 def round_messages(config: EngineConfig, question: str, pages: list) -> list[dict[str, Any]]:
     """The chat messages of one round: system turn (per mode), then the user turn in the fixed order
     of `vtcr.prompts.user_parts` with the PIL pages attached to the image parts."""
-    system = config.system_prompt if config.mode in ("vtc", "no-memory") else config.standard_system_prompt
+    system = config.system_prompt if config.mode in ("vtc", "no-memory", "blank-memory") else config.standard_system_prompt
     parts = user_parts(question, len(pages))
     for part, page in zip(parts[1:], pages):
         part["image"] = page

@@ -37,7 +37,7 @@ from typing import Any
 from vtcr._io import atomic_open, write_text_atomic
 
 from .config import CONFIG_FILE, TrainConfig
-from .data import IGNORE_INDEX, BuildInfo, Collator, EncodedDataset, SampleEncoder, load_samples, read_build
+from .data import IGNORE_INDEX, BuildInfo, Collator, EncodedDataset, Sample, SampleEncoder, load_samples, read_build
 from .progress import STEP_LOG_FILE, make_progress_callback
 
 LOG_FILE = "train_log.json"
@@ -382,8 +382,12 @@ def _decode_collapsed(ids: list[int], image_token_id: int, image_token: str, tok
     return "".join(pieces)
 
 
-def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()) -> TrainResult:
+def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = (), samples: list[Sample] | None = None) -> TrainResult:
     """Fine-tune `config.model` on the build `config.data`; the trained checkpoint is `config.out`.
+
+    `samples`: train on these instead of the build's `config.mode` samples (the same encoding; the
+    build still gives the render config recorded in the checkpoint). The built-in recipe's reading
+    stage uses it; a resumed run must pass the same samples.
 
     Resumes from the newest complete checkpoint under OUT/checkpoints when OUT holds an unfinished
     run with the same settings. Raises FileNotFoundError / ValueError naming the bad input (no
@@ -402,7 +406,10 @@ def train(config: TrainConfig, *, overwrite: bool = False, callbacks: tuple = ()
     start_meta = read_meta(model_path)
     cap = config.max_image_pixels if config.max_image_pixels is not None else start_meta.max_image_pixels
     render = recorded_render_config(config, build, start_meta)
-    samples = load_samples(build, config.mode)  # FileNotFoundError naming missing images
+    if samples is None:
+        samples = load_samples(build, config.mode)  # FileNotFoundError naming missing images
+    elif not samples:
+        raise ValueError("no training sample given")
     encoder = SampleEncoder(processor, config.cutoff_len, cap)
     plan = encoder.plan(samples, progress=config.progress)
     if not plan.kept:
