@@ -452,7 +452,7 @@ def test_synopsis_check_names_unknown_flags_verbs_and_choices():
     assert check_synopsis('vtcr reason "QUESTION" --model CHECKPOINT [--mode vtc|standard] [--json]') == []
     assert check_synopsis("vtcr reason Q --model M --bogus") == ["vtcr reason has no flag --bogus"]
     assert check_synopsis("vtcr reason Q --model M --mode vtc|fast") == [
-        "vtcr reason --mode: 'fast' is not one of ['vtc', 'standard', 'text', 'no-memory']"]
+        "vtcr reason --mode: 'fast' is not one of ['vtc', 'standard', 'text', 'no-memory', 'blank-memory']"]
     assert check_synopsis("vtcr reasn Q") == ["unknown verb 'reasn'"]
     assert check_synopsis("accelerate launch -m vtcr.cli train --data d --model m --out o --nope") == [
         "vtcr train has no flag --nope"]
