@@ -1,19 +1,19 @@
 """Does the tiny built-in model learn to read a page? The reading experiment behind MODEL_CARD.md (issue 11).
 
-    python -m perf.builtin_reading [--arms shipped,isolated,aligned] [--read-steps 400]
+    python -m perf.builtin_reading [--arms v5,isolated,aligned] [--read-steps 400]
                                    [--align-steps 3000] [--check 48] [--threads N] [--out DIR]
 
-The built-in vtc model does not read its pages (MODEL_CARD.md, `blank-memory` = `vtc`). This script
+The built-in vtc model of recipe v5 did not read its pages (MODEL_CARD.md, `blank-memory` = `vtc`). This script
 measures, from the recipe's random-weight initial model, whether a short reading stage teaches the
 model to write out the state that ends a page of random task-shaped lines (any digits: only reading
 can get them right), and what it takes:
 
-  shipped   the shipped layout (256x96 px, 24 vision tokens; the state's three digits share the
-            page's last 32x32 vision token with ~3 other characters), reading stage only
+  v5        the layout of recipe v5 (256x96 px, 24 vision tokens; the state's three digits share
+            the page's last 32x32 vision token with ~3 other characters), reading stage only
   isolated  a layout where each digit of every line's state sits alone in its own vision token
-            (320x192 px, one line per token row, the state typeset in the last three token columns),
-            reading stage only
-  aligned   the isolated layout, plus an alignment stage first: the vision tower alone is trained
+            (320x192 px, one line per token row, the state typeset in the last three token columns;
+            the built-in models' layout since recipe v6), reading stage only
+  aligned   the isolated layout, plus an alignment stage first (the recipe's `align_vision`): the vision tower alone is trained
             so that each token holding one state digit comes out as that digit's input embedding
             (relative squared error; the text model and embeddings untouched), as a VLM's projector
             is aligned to its language model before instruction tuning; then the reading stage
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import shutil
 import tempfile
@@ -72,9 +71,9 @@ class Layout:
         return head + "".join(" " * g + c for g, c in zip(self.gaps, state)) + "\n", state
 
 
-SHIPPED = Layout("shipped", (256, 96), 13.0, 3.0, None, None)  # = vtcr.builtin.recipe.builtin_render_config
+V5 = Layout("v5", (256, 96), 13.0, 3.0, None, None)  # the built-in layout of recipe v5
 # 6 lines of 30 px (Frame padding 6 pt): line k's ink in token row k; the state digits at x ~236,
-# ~266, ~297: token columns 7, 8, 9, nothing else in them.
+# ~266, ~297: token columns 7, 8, 9, nothing else in them (= vtcr.builtin.recipe.builtin_render_config).
 ISOLATED = Layout("isolated", (320, 192), 30.0, 0.0, (4, 6, 6), (7, 8, 9))
 
 
@@ -105,56 +104,6 @@ def reading_samples(layout: Layout, n: int, folder: Path, seed: str):
     return out
 
 
-def align_tower(layout: Layout, start: Path, out: Path, steps: int, lr: float, batch: int = 12) -> dict:
-    """The alignment stage: the vision tower (and merger) alone learns to output, at every token
-    that holds one state digit, that digit's input embedding. Returns its last figures."""
-    import torch
-    from transformers import AutoModelForImageTextToText
-
-    from vtcr.models.processor import image_size_budget, load_processor
-    from vtcr.render import get_renderer
-
-    model = AutoModelForImageTextToText.from_pretrained(start, dtype=torch.float32)
-    processor = load_processor(start)
-    size = image_size_budget(processor, layout.page[0] * layout.page[1])
-    digits = [processor.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
-    table = model.get_input_embeddings().weight.detach()[digits]  # (10, hidden)
-    tower = model.model.visual
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in tower.parameters():
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(tower.parameters(), lr=lr, weight_decay=0.0)
-    renderer, rng = get_renderer(layout.render_config()), random.Random(f"align-{layout.name}")
-    cols = layout.page[0] // TOKEN_PX
-    cells = [r * cols + c for r in range(LINES) for c in layout.state_cols]  # line r's state in token row r
-    figures: dict = {}
-    for step in range(1, steps + 1):
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, step / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        imgs, labels = [], []
-        for _ in range(batch):
-            img, states = page(layout, renderer, rng)
-            imgs.append(img)
-            labels.append([int(c) for s in states for c in s])
-        x = processor.image_processor(images=imgs, return_tensors="pt", size=size)
-        feats = tower(x["pixel_values"], grid_thw=x["image_grid_thw"], return_dict=True).pooler_output
-        feats = feats.view(batch, -1, feats.shape[-1])[:, cells]  # (batch, 18, hidden)
-        target = table[torch.tensor(labels)]
-        loss = ((feats - target) ** 2).sum(-1).mean() / (target**2).sum(-1).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == steps:
-            nearest = torch.cdist(feats.detach().flatten(0, 1), table).argmin(-1)
-            acc = (nearest == torch.tensor(labels).flatten()).float().mean().item()
-            figures = {"step": step, "loss": round(loss.item(), 4), "nearest_embedding_right": round(acc, 3)}
-            print(f"  align {json.dumps(figures)}", flush=True)
-    shutil.copytree(start, out, dirs_exist_ok=True)  # processor, tokenizer, vtcr.json
-    model.save_pretrained(out)
-    return figures
-
-
 def read_check(model_dir: Path, layout: Layout, n: int) -> dict:
     """Greedy, on `n` unseen pages: the state written out exactly, and each digit right."""
     from vtcr.engine import GenerationRequest, TransformersBackend
@@ -178,7 +127,7 @@ def read_check(model_dir: Path, layout: Layout, n: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arms", default="shipped,isolated,aligned")
+    parser.add_argument("--arms", default="v5,isolated,aligned")
     parser.add_argument("--read-steps", type=int, default=400)
     parser.add_argument("--align-steps", type=int, default=3000)
     parser.add_argument("--align-lr", type=float, default=3e-3)
@@ -187,14 +136,21 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="keep the work folder here (default: a temporary one)")
     args = parser.parse_args()
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = [a for a in arms if a not in ("shipped", "isolated", "aligned")]
+    unknown = [a for a in arms if a not in ("v5", "isolated", "aligned")]
     if unknown:
-        parser.error(f"--arms: unknown {unknown}; choose from shipped, isolated, aligned")
+        parser.error(f"--arms: unknown {unknown}; choose from v5, isolated, aligned")
 
     import torch
 
     from vtcr._cpu import usable_cores
-    from vtcr.builtin.recipe import BuiltinRecipe, build_builtin_data, init_builtin_model, task_tokenizer
+    from vtcr.builtin.recipe import (
+        ALIGNMENT_FILE,
+        BuiltinRecipe,
+        align_vision,
+        build_builtin_data,
+        init_builtin_model,
+        task_tokenizer,
+    )
     from vtcr.train import TrainConfig, train
 
     threads = args.threads or usable_cores()
@@ -208,17 +164,16 @@ def main() -> None:
         build_builtin_data(recipe, init, work / "data")  # the trainer reads a build folder
     rows = []
     for arm in arms:
-        layout = SHIPPED if arm == "shipped" else ISOLATED
+        layout = V5 if arm == "v5" else ISOLATED
         start, frozen, t0, align = init, False, time.time(), None
         print(f"{arm}: layout {layout.name}", flush=True)
         if arm == "aligned":
             start, frozen = work / "aligned", True
-            done = start / "alignment.json"  # a kept work folder reuses its aligned tower
+            done = start / ALIGNMENT_FILE  # a kept work folder reuses its aligned tower
             if done.is_file():
                 align = json.loads(done.read_text())
-            else:
-                align = align_tower(layout, init, start, args.align_steps, args.align_lr)
-                done.write_text(json.dumps(align))
+            else:  # the recipe's own alignment stage (ISOLATED is the built-in layout)
+                align = align_vision(init, start, args.align_steps, args.align_lr, batch=12, seed=recipe.seed, threads=threads)
         render_file = work / f"render-{layout.name}.json"
         render_file.write_text(layout.render_config().to_json())
         samples = reading_samples(layout, args.read_steps * recipe.reading_batch_size, work / f"pages-{arm}", f"read-{arm}")

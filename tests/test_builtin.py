@@ -17,6 +17,7 @@ from vtcr.data.synthetic import (
     SUPPORTED_LENGTHS,
     TRAIN_LENGTHS,
     heldout_problems,
+    line_state,
     parse_length_range,
     parse_question,
     problems_of_length,
@@ -26,7 +27,7 @@ from vtcr.data.synthetic import (
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-LINE = r"\d\d\d \(\d\+\d\)%10=\d \(\d\+\d\)%10=\d -> \d\d\d"
+LINE = r"\d\d\d \(\d\+\d\)%10=\d \(\d\+\d\)%10=\d -> {4}\d {6}\d {6}\d"
 
 
 # --- the generator ---------------------------------------------------------------------------------
@@ -54,15 +55,17 @@ def test_problems_are_deterministic_with_exact_gold_answers():
         assert (str(answer), steps) == (p["answer"], p["length"]) and solve(p["question"]) == answer
         lines = p["trace"].removesuffix("</think>").splitlines()
         assert len(lines) == p["length"] and len({len(line) for line in lines}) == 1  # one width: one page layout
-        assert lines[-1].endswith(f"-> {answer}10")  # the answer, then the stop state y=1 s=0
+        assert line_state(lines[-1]) == f"{answer}10"  # the answer, then the stop state y=1 s=0
         assert not any(re.search(r"-> \d10$", line) for line in lines[:-1])  # the first time
 
 
 def test_the_trace_lines_show_each_step():
     p = problems_of_length(3)[0]  # the first three-step problem in (x, y, s) order
     assert p.question() == "x=0 y=7 s=8. Repeat z=(x+y)%10, s=(s+z)%10, x=y, y=z until y=1 s=0. Answer x."
-    assert p.lines() == ["078 (0+7)%10=7 (8+7)%10=5 -> 775\n", "775 (7+7)%10=4 (5+4)%10=9 -> 749\n",
-                         "749 (7+4)%10=1 (9+1)%10=0 -> 410\n"]  # fmt: skip
+    assert p.lines() == ["078 (0+7)%10=7 (8+7)%10=5 ->    7      7      5\n",
+                         "775 (7+7)%10=4 (5+4)%10=9 ->    7      4      9\n",
+                         "749 (7+4)%10=1 (9+1)%10=0 ->    4      1      0\n"]  # fmt: skip
+    assert [line_state(line) for line in p.lines()] == ["775", "749", "410"]
     assert p.answer() == "4" and p.rounds(6) == 1 and problems_of_length(19)[0].rounds(6) == 4
     assert all(1 <= len(problems_of_length(n)) <= 10 for n in range(1, 61))  # every length 1-60 occurs
 
@@ -88,26 +91,36 @@ def _ink_runs(mask) -> list[tuple[int, int]]:
     return runs
 
 
-def test_a_round_is_one_page_whose_last_vision_token_holds_the_state_to_read():
-    """The page layout the built-in models read: six lines on one 256x96 page (8x3 vision tokens of
-    32 px); the three digits that end the last line lie in the page's last token (x 224-256 of the
-    bottom row), and so do the line above's."""
+def test_a_round_is_one_page_whose_state_digits_sit_alone_in_their_vision_tokens():
+    """The page layout the built-in models read, on real task rounds: six lines on one 320x192
+    page (10x6 vision tokens of 32 px), line k's ink inside token row k (but for one pixel row), and each digit of its
+    final state alone in token column 7, 8 or 9 (nothing else inked there) -- the tokens the
+    alignment stage labels (`state_tokens`)."""
     np = pytest.importorskip("numpy")
-    from vtcr.builtin.recipe import builtin_render_config
+    from vtcr.builtin.recipe import PAGE_SIZE, STATE_COLUMNS, TOKEN_PX, builtin_render_config, state_tokens
+    from vtcr.data.synthetic import line_state
     from vtcr.render import render_text
 
+    cols = PAGE_SIZE[0] // TOKEN_PX
+    assert state_tokens()[:3] == [c for c in STATE_COLUMNS] and state_tokens()[-1] == 5 * cols + STATE_COLUMNS[-1]
     for length in (6, 30, 48):
         lines = problems_of_length(length)[-1].lines()
         for start in range(0, length - 5, 6):
             pages = render_text("".join(lines[start:start + 6]), builtin_render_config())
-            assert [page.size for page in pages] == [(256, 96)]
+            assert [page.size for page in pages] == [PAGE_SIZE]
             ink = np.array(pages[0].convert("L")) < 128
             rows = _ink_runs(ink.any(axis=1))
             assert len(rows) == 6
-            for top, bottom in rows[-2:]:
-                assert 64 <= top and bottom < 96
-                glyphs = _ink_runs(ink[top:bottom + 1].any(axis=0))
-                assert all(224 <= a and b < 256 for a, b in glyphs[-3:])
+            for k, (top, bottom) in enumerate(rows):
+                # (the bottom line's top pixel row, the tips of its tallest glyphs, is row 4's last)
+                assert k * TOKEN_PX - 1 <= top and bottom < (k + 1) * TOKEN_PX
+                band = ink[k * TOKEN_PX:(k + 1) * TOKEN_PX]
+                state_ink = band[:, STATE_COLUMNS[0] * TOKEN_PX:]
+                glyphs = _ink_runs(state_ink.any(axis=0))
+                assert len(glyphs) == 3 and len(line_state(lines[start + k])) == 3
+                for (a, b), col in zip(glyphs, STATE_COLUMNS):  # one glyph, inside its own token column
+                    assert col * TOKEN_PX <= STATE_COLUMNS[0] * TOKEN_PX + a and STATE_COLUMNS[0] * TOKEN_PX + b < (col + 1) * TOKEN_PX
+                assert not band[:, (STATE_COLUMNS[0] - 1) * TOKEN_PX + 28:STATE_COLUMNS[0] * TOKEN_PX].any()  # "->" ends before
 
 
 @pytest.mark.parametrize("spec", ["1:10", "2:49", "0:60", "10:5", "a:b", "48:100"])
@@ -231,11 +244,31 @@ def test_eval_without_a_model_uses_both_builtin_models(tmp_path, capsys):
     assert config["model"] == "vtcr-builtin" and config["engine"]["temperature"] == 0.0
 
 
+def test_the_shipped_vtc_model_reads_its_pages_not_their_count(tmp_path, capsys):
+    """Round 2 of held-out problems starts by copying the state that ends round 1's page. With the
+    true page the vtc model copies it right on most problems (it misreads about one held-out page in
+    six: MODEL_CARD.md); sent the same number of blank pages (`blank-memory`) it cannot -- the state
+    is on the page, not in how many pages there are."""
+    from vtcr.cli import main
+
+    out = tmp_path / "eval"
+    code = main(["eval", "--benchmarks", "builtin", "--modes", "vtc,blank-memory", "--limit", "8", "--task-seed", "5",
+                 "--task-length", "7:30", "--max-rounds", "2", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    copied = {"vtc": 0, "blank-memory": 0}
+    for r in rows:
+        assert len(r["rounds"]) == 2 and r["rounds"][1]["images"] == 1
+        gold = parse_question(r["question"]).lines()[6][:3]  # round 2's first line starts with the state read
+        copied[r["mode"]] += r["rounds"][1]["text"].lstrip()[:3] == gold
+    assert copied["vtc"] >= 6 and copied["blank-memory"] <= 1, copied
+
+
 # --- the rebuild: lock, resume, publish -------------------------------------------------------------
 
 TINY = BuiltinRecipe(problems=6, lengths=(2, 7), max_steps=2, stage2_steps=1, stage2_modes=("vtc",), batch_size=2,
-                     vtc_batch_size=2, save_steps=1, cutoff_len=512, reading_steps=2, reading_batch_size=2,
-                     reading_check_pages=2)
+                     vtc_batch_size=2, save_steps=1, cutoff_len=512, align_steps=2, align_batch_size=2, reading_steps=2,
+                     reading_batch_size=2, reading_check_pages=2, vtc_reading_mix=2)
 
 
 class _Killed(Exception):
@@ -248,13 +281,13 @@ def test_a_killed_rebuild_resumes_and_publishes_atomically(tmp_path):
 
     def killer(message: str) -> None:
         messages.append(message)
-        if message.startswith("4/5"):
+        if message.startswith("5/6"):
             raise _Killed  # killed after the reading stage, before the fine-tunings
 
     with pytest.raises(_Killed):
         rebuild(root, TINY, log=killer)
     work = root / WORK_NAME
-    assert all((work / f"{stage}.done").is_file() for stage in ("init", "data", "reading-data", "read"))
+    assert all((work / f"{stage}.done").is_file() for stage in ("init", "data", "aligned", "reading-data", "read"))
     assert not (root / LOCK_NAME).exists() and not (root / MANIFEST_FILE).exists()  # no stale lock, nothing published
 
     with rebuild_lock(root):  # a second rebuild while one runs is refused, naming the lock
@@ -263,7 +296,7 @@ def test_a_killed_rebuild_resumes_and_publishes_atomically(tmp_path):
 
     messages.clear()
     manifest = rebuild(root, TINY, log=messages.append, parallel=True)  # both models at once, a process each
-    assert any("resuming" in m for m in messages) and not any(m.startswith(("1/5", "2/5", "3/5")) for m in messages)
+    assert any("resuming" in m for m in messages) and not any(m.startswith(("1/6", "2/6", "3/6", "4/6")) for m in messages)
     assert any("side by side" in m for m in messages)
     each = max(1, usable_cores() // 2)  # the cores split between the two trainings
     assert {m: manifest["trained"][m]["stage1"]["timing"]["threads"] for m in ("vtc", "standard")} == {"vtc": each, "standard": each}
@@ -273,8 +306,9 @@ def test_a_killed_rebuild_resumes_and_publishes_atomically(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["manifest.json", "standard", "vtc"]  # work folder and lock gone
     verify(root=root)
     assert manifest["trained"]["vtc"]["stage2"]["global_step"] == 1
-    assert manifest["reading"]["global_step"] == 2 and manifest["reading"]["unseen_pages"]["answers"]["of"] == 2
-    # both fine-tunings start from the reading stage with its vision tower frozen: the same tower
+    assert manifest["reading"]["global_step"] == 2 and manifest["reading"]["unseen_pages"]["states"]["of"] == 2
+    assert manifest["alignment"]["step"] == 2 and 0 <= manifest["alignment"]["nearest_embedding_right"] <= 1
+    # both fine-tunings start from the reading stage with the aligned vision tower frozen: the same tower
     import torch
     from safetensors.torch import load_file
 

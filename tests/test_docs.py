@@ -66,7 +66,7 @@ SEED_TRACE_CHARS = 12_000  # trace.txt: the first finished shared trace at least
 
 # Needs the docs do not mark but the test recognises: (pattern in the example, what it needs, is it here)
 IMPLICIT_NEEDS = (
-    (re.compile(r"\bvtcr builtin rebuild\b|\brebuild\("), "retrains the built-in models (about an hour on 2 cores); "
+    (re.compile(r"\bvtcr builtin rebuild\b|\brebuild\("), "retrains the built-in models (about 70 minutes on 2 cores); "
      "never run by the docs test", lambda: False),
 )  # fmt: skip
 

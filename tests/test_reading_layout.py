@@ -2,8 +2,8 @@
 
 The `aligned` arm trains the vision tower so that token (row r, column c) of an isolated-layout
 page comes out as the embedding of line r's state digit in column c. These tests render real pages
-and check that those tokens hold that one digit and nothing else, and that the shipped layout is
-the built-in models' own.
+and check that those tokens hold that one digit and nothing else, and that the isolated layout is
+the built-in models' own (recipe v6).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import random
 
 import numpy as np
 
-from perf.builtin_reading import ISOLATED, LINES, SHIPPED, TOKEN_PX, page
+from perf.builtin_reading import ISOLATED, LINES, TOKEN_PX, page
 from vtcr.builtin.recipe import LINE_TOKENS, builtin_render_config
 from vtcr.render import get_renderer
 
@@ -62,8 +62,10 @@ def test_the_same_digit_renders_the_same_token_on_every_line_and_page():
     assert len({d for d, _ in seen}) == 10
 
 
-def test_shipped_layout_is_the_builtin_models_own():
-    ours, shipped = SHIPPED.render_config().to_dict(), builtin_render_config().to_dict()
+def test_isolated_layout_is_the_builtin_models_own():
+    from vtcr.data.synthetic import state_text
+
+    ours, shipped = ISOLATED.render_config().to_dict(), builtin_render_config().to_dict()
     assert ours == shipped
-    text, state = SHIPPED.line(random.Random(0))
-    assert text.endswith(f" -> {state}\n") and len(text) == LINE_TOKENS  # the task line, newline included
+    text, state = ISOLATED.line(random.Random(0))
+    assert text.endswith(f" ->{state_text(*map(int, state))}\n") and len(text) == LINE_TOKENS  # the task line, newline included

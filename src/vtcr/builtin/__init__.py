@@ -32,7 +32,7 @@ from .recipe import MANIFEST_FILE, MODES_TRAINED, BuiltinRecipe, builtin_render_
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_ENV = "VTCR_BUILTIN_WEIGHTS"  # another folder of built-in weights (e.g. one made by `vtcr builtin rebuild --out`)
-ROUND_TOKENS = 256  # 6 lines of 33 tokens, then </think> and the answer
+ROUND_TOKENS = 320  # 6 lines of 48 tokens, then </think> and the answer
 EXAMPLE_QUESTION = problems_of_length(20)[0].question()
 
 TASK_HELP = (
@@ -57,7 +57,7 @@ def weights_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def _fix_hint() -> str:
-    return "run `vtcr builtin rebuild` (about an hour on a 2-core CPU) or reinstall vtcr"
+    return "run `vtcr builtin rebuild` (about 70 minutes on a 2-core CPU) or reinstall vtcr"
 
 
 def read_manifest(root: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 from vtcr._cpu import usable_cores
 from vtcr.data.synthetic import LINES_PER_SEGMENT, TRAIN_LENGTHS, TRAIN_PROBLEMS, TRAIN_SEED, Problem, problems
 
-RECIPE_VERSION = 5  # bump when anything below changes what is trained
+RECIPE_VERSION = 6  # bump when anything below changes what is trained
 MODES_TRAINED = ("vtc", "standard")
 MANIFEST_FILE = "manifest.json"
 LOCK_NAME = ".rebuild.lock"
@@ -36,21 +36,35 @@ WORK_NAME = ".rebuild-work"
 LINE_TOKENS = len(Problem(0, 1, 0, 1).lines()[0])  # one token per character
 
 
+TOKEN_PX = 32  # Qwen3-VL: 16-px patches merged 2x2 into one vision token
+PAGE_SIZE = (320, 192)  # 10 x 6 vision tokens: one token row a line
+STATE_COLUMNS = (7, 8, 9)  # the token columns that hold a line's state digits, one digit each
+
+
 def builtin_render_config():
-    """The built-in models' pages: 6 task lines of DejaVu Sans 12 px on a 256x96 page, which the
-    Qwen3-VL processor keeps as it is (multiples of 32 px): 24 vision tokens a page (8 columns x 3
-    rows of 32x32 px). The lines sit so that the three digits a round must read -- the state that
-    ends the page's last line -- lie in the page's last vision token (x 224-256 of the bottom row),
-    with the line above's state in the same token: the same place on every page."""
+    """The built-in models' pages: 6 task lines of DejaVu Sans 12 px on a 320x192 page, which the
+    Qwen3-VL processor keeps as it is (multiples of 32 px): 60 vision tokens a page (10 columns x 6
+    rows of 32x32 px). Each line takes 30 px, so line k's ink lies in token row k; the spaces a
+    line writes before its state's digits (`vtcr.data.synthetic.STATE_GAPS`) put each of those
+    three digits alone in token columns 7, 8 and 9 of its row. So what a round must read -- the
+    state that ends the page's last line -- is three tokens of the bottom row, each holding one
+    digit and nothing else, on every page (tests/test_builtin.py checks it on rendered pages)."""
     from vtcr.render import RenderConfig
 
     return RenderConfig(
-        page_size=(256.0, 96.0), dpi=72, margin_x=2.0, margin_y=3.0, left_indent=5.0, font_size=12.0,
-        line_height=13.0, alignment="LEFT", newline_markup="<br/>", name="builtin",
+        page_size=(float(PAGE_SIZE[0]), float(PAGE_SIZE[1])), dpi=72, margin_x=2.0, margin_y=0.0, left_indent=5.0,
+        font_size=12.0, line_height=30.0, alignment="LEFT", newline_markup="<br/>", name="builtin",
     )  # fmt: skip
 
 
-PAGE_PIXELS = 256 * 96
+PAGE_PIXELS = PAGE_SIZE[0] * PAGE_SIZE[1]
+
+
+def state_tokens(lines: int = LINES_PER_SEGMENT) -> list[int]:
+    """Indices (in a page's row-major vision tokens) of the tokens holding the state digits of
+    each of a full page's `lines` lines, line by line, digit by digit."""
+    cols = PAGE_SIZE[0] // TOKEN_PX
+    return [row * cols + col for row in range(lines) for col in STATE_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -67,34 +81,48 @@ class BuiltinRecipe:
     # the tiny head_dim 32 it leaves almost every frequency pair still over a few hundred positions,
     # so a page's rows and columns, and one page from the next, barely differ to attention.
     rope_theta: float = 10000.0
-    # An optional reading stage (shared by both models, before either fine-tuning): the random-weight
-    # model learns to write out the end of the last of 1-3 pages of task-shaped lines whose digits
-    # are all random -- fresh pages every sample, never a training trace -- as the paper's models
-    # start from a VLM that already reads. Off in the shipped recipe: on the tiny architecture its
-    # loss stayed at chance (the text model does not learn to use the vision tokens; MODEL_CARD.md).
-    reading_steps: int = 0
+    # The alignment stage (shared, first): the vision tower alone (and its merger) learns to output,
+    # at every vision token that holds one state digit, that digit's input embedding -- as a VLM's
+    # projector is aligned to its language model before instruction tuning. Fresh random pages
+    # every step. Without it the text model never learns to use the random tower's tokens
+    # (MODEL_CARD.md: reading loss at chance, and a vtc model that ignores its pages).
+    align_steps: int = 1500
+    align_batch_size: int = 12
+    align_lr: float = 3e-3
+    # The reading stage (shared, after the alignment, tower frozen): the model learns to write out
+    # the state that ends the last of 1-3 pages of task-shaped lines whose digits are all random --
+    # fresh pages every sample, never a training trace -- as the paper's models start from a VLM
+    # that already reads. 0: no reading stage.
+    reading_steps: int = 1500
     reading_batch_size: int = 12
     reading_lr: float = 2e-3
     reading_pages: tuple[int, int] = (1, 3)
-    reading_lines_out: int = 1  # lines from the end of the last page written out (the last holds the state)
     reading_check_pages: int = 48  # unseen pages the rebuild writes out after the reading stage (manifest)
-    # The vision tower starts random and learns slowly at the text model's rate.
+    # Reading samples (fresh pages, another seed) mixed into the vtc model's stage-2 set: stage 1 fits
+    # the 693 rounds, and on held-out pages it then misreads the state's 2nd and 3rd digits about one
+    # read in six (it takes them from the wrong column); stage 2 would train reading on new pages while
+    # it keeps the task. 0 = none (the shipped recipe).
+    vtc_reading_mix: int = 0
+    # Without an alignment stage the tower starts random and learns at this multiple of the text
+    # model's rate.
     vision_lr_scale: float = 5.0
-    # After the reading stage the vision tower (and its merger) stays as it is in both
-    # fine-tunings: the vtc model cannot re-learn its training pages by heart, only use what it reads.
+    # After the alignment (or reading) stage the vision tower stays as it is in every later stage:
+    # the vtc model cannot re-learn its training pages by heart, only use what it reads.
     freeze_vision_after_reading: bool = True
     lr: float = 2e-3
-    max_steps: int = 5000
-    batch_size: int = 4  # the standard model's: 4 whole traces a step (~560 supervised tokens each)
+    max_steps: int = 2500
+    batch_size: int = 4  # the standard model's: 4 whole traces a step (~820 supervised tokens each)
     # The vtc model's: the same supervised-token budget a step as standard's (a vtc sample is one
-    # round, ~180 supervised tokens), so that both models see the same tokens in the same steps.
+    # round, ~250 supervised tokens), so that both models see the same tokens in the same steps.
     vtc_batch_size: int = 12
     warmup_ratio: float = 0.02
-    cutoff_len: int = 2048
+    cutoff_len: int = 2048  # the longest trained trace (32 lines) is ~1,600 tokens
     save_steps: int = 250
-    # An optional stage 2: the same trainer again from stage 1's weights (a second cosine cycle,
-    # another data order) for the modes named. The shipped recipe has none: both models get the
-    # same single schedule.
+    # An optional stage 2: the same trainer again from stage 1's weights (as published, float16; a
+    # second cosine cycle, another data order) for the modes named (the vtc model's set adds
+    # `vtc_reading_mix` reading samples). The shipped recipe has none: both models get the same
+    # single schedule (a stage 2 of 1,000 steps at lr 1e-3 with 4,000 reading samples read better
+    # but computed worse: MODEL_CARD.md).
     stage2_steps: int = 0
     stage2_lr: float = 2e-3
     stage2_modes: tuple[str, ...] = ()
@@ -207,27 +235,92 @@ def build_builtin_data(recipe: BuiltinRecipe, model_dir: Path, out: Path, progre
     return build_dataset(config, out, progress=progress, plots=False)
 
 
-# --- the reading stage ------------------------------------------------------------------------------
+# --- the alignment and reading stages ----------------------------------------------------------------
 
-READING_QUESTION = "Write out the end of the last page."
+READING_QUESTION = "Write out the state that ends the last page."
 READING_SAMPLES_FILE = "samples.jsonl"
+ALIGNMENT_FILE = "alignment.json"
 
 
-def _reading_page(renderer: Any, rng: random.Random) -> tuple[str, Any]:
-    from vtcr.data.synthetic import reading_lines
+def reading_page(renderer: Any, rng: random.Random) -> tuple[Any, list[str]]:
+    """One page of `LINES_PER_SEGMENT` task-shaped lines with random digits (the built-in layout)
+    and each line's final state (three digits)."""
+    from vtcr.data.synthetic import line_state, reading_lines
 
-    text = "".join(reading_lines(rng, LINES_PER_SEGMENT))
-    pages = list(renderer.iter_pages(text))
+    lines = reading_lines(rng, LINES_PER_SEGMENT)
+    pages = list(renderer.iter_pages("".join(lines)))
     if len(pages) != 1:  # the layout is the training pages' own: six task lines fill exactly one page
         raise RuntimeError(f"a reading page of {LINES_PER_SEGMENT} lines rendered to {len(pages)} pages")
-    return text, pages[0]
+    return pages[0].convert("RGB"), [line_state(line) for line in lines]
+
+
+def align_vision(start: Path, out: Path, steps: int, lr: float, batch: int, seed: int, *, threads: int | None = None,
+                 progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The alignment stage: `start` -> `out` with only the vision tower (and merger) trained, so
+    that each vision token holding one state digit (`state_tokens`) comes out as that digit's
+    input embedding (squared error relative to the embeddings' own norm; AdamW, 20 warm-up steps,
+    cosine decay; `batch` fresh random pages a step). The text model and embeddings stay as they
+    are. Returns the last figures (loss, and the share of those tokens nearest their digit's
+    embedding), also written to `out/alignment.json`."""
+    import math
+
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForImageTextToText
+
+    from vtcr.models.processor import image_size_budget, load_processor
+    from vtcr.render import get_renderer
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_pretrained(start, dtype=torch.float32)
+    processor = load_processor(start)
+    size = image_size_budget(processor, PAGE_PIXELS)
+    digit_ids = [processor.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
+    table = model.get_input_embeddings().weight.detach()[digit_ids]  # (10, hidden)
+    tower = model.model.visual
+    model.requires_grad_(False)
+    tower.requires_grad_(True)
+    opt = torch.optim.AdamW(tower.parameters(), lr=lr, weight_decay=0.0)
+    renderer, rng = get_renderer(builtin_render_config()), random.Random(f"vtcr-builtin-align-{seed}")
+    cells = state_tokens()
+    figures: dict[str, Any] = {}
+    started = time.perf_counter()
+    for step in tqdm(range(1, steps + 1), desc="alignment", unit="step", disable=not progress):
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, step / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        images, labels = [], []
+        for _ in range(batch):
+            image, states = reading_page(renderer, rng)
+            images.append(image)
+            labels.append([int(c) for state in states for c in state])
+        pixels = processor.image_processor(images=images, return_tensors="pt", size=size)
+        feats = tower(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"], return_dict=True).pooler_output
+        feats = feats.view(batch, -1, feats.shape[-1])[:, cells]  # (batch, 18, hidden)
+        target = table[torch.tensor(labels)]
+        loss = ((feats - target) ** 2).sum(-1).mean() / (target**2).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == steps:
+            nearest = torch.cdist(feats.detach().flatten(0, 1), table).argmin(-1)
+            right = (nearest == torch.tensor(labels).flatten()).float().mean().item()
+            figures = {"step": step, "loss": round(loss.item(), 5), "nearest_embedding_right": round(right, 4),
+                       "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(start, out)  # processor, tokenizer, vtcr.json
+    model.save_pretrained(out)
+    (out / ALIGNMENT_FILE).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    return figures
 
 
 def reading_sample(rng: random.Random, renderer: Any, folder: Path, name: str, system_prompt: str,
-                   pages: tuple[int, int], lines_out: int):  # fmt: skip
+                   pages: tuple[int, int]):  # fmt: skip
     """One reading sample: the system prompt, READING_QUESTION with 1-3 pages of random
-    task-shaped lines (saved under `folder/images`), and the last `lines_out` lines of the last
-    page as the answer."""
+    task-shaped lines (saved under `folder/images`), and the state that ends the last page (its
+    three digits, as a round of the task copies them first) as the answer."""
     from vtcr.prompts import user_parts
     from vtcr.render import save_png
     from vtcr.train.data import Sample
@@ -235,29 +328,32 @@ def reading_sample(rng: random.Random, renderer: Any, folder: Path, name: str, s
     n = rng.randint(*pages)
     paths = []
     for j in range(n):
-        text, page = _reading_page(renderer, rng)
+        page, states = reading_page(renderer, rng)
         paths.append(str(save_png(page, folder / "images" / f"{name}-{j}.png")))
     messages = (
         {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
         {"role": "user", "content": user_parts(READING_QUESTION, n)},
-        {"role": "assistant", "content": [{"type": "text", "text": "".join(text.splitlines(keepends=True)[-lines_out:])}]},
+        {"role": "assistant", "content": [{"type": "text", "text": states[-1] + "\n"}]},
     )
     return Sample(id=name, messages=messages, images=tuple(paths))
 
 
-def build_reading_samples(recipe: BuiltinRecipe, folder: Path, system_prompt: str, progress: bool = False) -> Path:
-    """The reading stage's samples (one per sample the stage trains on: every page is new), seeded
-    by the recipe, written to `folder` (images/ and samples.jsonl). Returns the samples file."""
+def build_reading_samples(recipe: BuiltinRecipe, folder: Path, system_prompt: str, progress: bool = False,
+                          n: int | None = None, tag: str = "reading") -> Path:  # fmt: skip
+    """The reading stage's samples (`n`, default one per sample the stage trains on: every page is
+    new), seeded by the recipe and `tag`, written to `folder` (images/ and samples.jsonl). Returns
+    the samples file."""
     from tqdm.auto import tqdm
 
     from vtcr.render import get_renderer
 
     renderer = get_renderer(builtin_render_config())
-    rng = random.Random(f"vtcr-builtin-reading-{recipe.seed}")
+    rng = random.Random(f"vtcr-builtin-{tag}-{recipe.seed}")
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i in tqdm(range(recipe.reading_steps * recipe.reading_batch_size), desc="reading pages", unit="sample", disable=not progress):
-        sample = reading_sample(rng, renderer, folder, f"read-{i:06d}", system_prompt, recipe.reading_pages, recipe.reading_lines_out)
+    n = recipe.reading_steps * recipe.reading_batch_size if n is None else n
+    for i in tqdm(range(n), desc=f"{tag} pages", unit="sample", disable=not progress):
+        sample = reading_sample(rng, renderer, folder, f"read-{i:06d}", system_prompt, recipe.reading_pages)
         rows.append(json.dumps({"id": sample.id, "messages": sample.messages, "images": [Path(p).name for p in sample.images]}))
     path = folder / READING_SAMPLES_FILE
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -275,15 +371,16 @@ def load_reading_samples(folder: Path) -> list[Any]:
     return out
 
 
-def reading_check(model_dir: Path, n: int = 24, seed: int = 12345, pages: tuple[int, int] = (1, 3), lines_out: int = 1,
+def reading_check(model_dir: Path, n: int = 24, seed: int = 12345, pages: tuple[int, int] = (1, 3),
                   threads: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """How well `model_dir` writes out the end of the last of 1-3 pages it has never seen (fresh
-    random lines, the built-in layout), greedy: answers, lines and digits right, and the state that
-    ends the page (its last three digits: what a round of the task reads). An independent check
-    that the pages are read, not recalled."""
+    """How well `model_dir` writes out the state that ends the last of 1-3 pages it has never seen
+    (fresh random lines, the built-in layout), greedy: states exactly right, and each of the three
+    digits right (chance: 1 in 10 a digit). An independent check that the pages are read, not
+    recalled."""
     import tempfile
 
     import torch
+    from PIL import Image
 
     from vtcr.engine import GenerationRequest, TransformersBackend
     from vtcr.prompts import SYSTEM_PROMPT
@@ -294,34 +391,21 @@ def reading_check(model_dir: Path, n: int = 24, seed: int = 12345, pages: tuple[
     backend = TransformersBackend.from_pretrained(model_dir, max_image_pixels=PAGE_PIXELS)
     renderer = get_renderer(builtin_render_config())
     rng = random.Random(f"vtcr-builtin-reading-check-{seed}")
-    right = {"answers": 0, "lines": 0, "digits": 0, "states": 0}
-    total = {"answers": 0, "lines": 0, "digits": 0, "states": 0}
-    from PIL import Image
-
+    right = {"states": 0, "digit1": 0, "digit2": 0, "digit3": 0}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
-            sample = reading_sample(rng, renderer, Path(tmp), f"check-{i}", SYSTEM_PROMPT, pages, lines_out)
+            sample = reading_sample(rng, renderer, Path(tmp), f"check-{i}", SYSTEM_PROMPT, pages)
             images = [Image.open(p).convert("RGB") for p in sample.images]
             content = [{"type": "text", "text": READING_QUESTION}] + [{"type": "image", "image": im} for im in images]
-            gold = sample.messages[-1]["content"][0]["text"]
+            gold = sample.messages[-1]["content"][0]["text"].strip()
             result = backend.generate(GenerationRequest(
                 [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}],
-                max_new_tokens=len(gold) + 8, temperature=0.0))  # fmt: skip
-            got = result.text.removeprefix(backend.prompt_opens)
-            gold_lines, got_lines = gold.splitlines(), got.splitlines()
-            total["answers"] += 1
-            right["answers"] += got.strip() == gold.strip()
-            total["states"] += 1
-            right["states"] += bool(got_lines) and len(got_lines) >= len(gold_lines) and got_lines[len(gold_lines) - 1][-3:] == gold_lines[-1][-3:]
-            for k, line in enumerate(gold_lines):
-                other = got_lines[k] if k < len(got_lines) else ""
-                total["lines"] += 1
-                right["lines"] += other == line
-                digits = [c for c in line if c.isdigit()]
-                theirs = [c for c in other if c.isdigit()]
-                total["digits"] += len(digits)
-                right["digits"] += sum(a == b for a, b in zip(digits, theirs))
-    return {k: {"right": right[k], "of": total[k]} for k in total}
+                max_new_tokens=8, temperature=0.0))  # fmt: skip
+            got = result.text.removeprefix(backend.prompt_opens).strip()[:3]
+            right["states"] += got == gold
+            for k in range(3):
+                right[f"digit{k + 1}"] += len(got) > k and got[k] == gold[k]
+    return {k: {"right": v, "of": n} for k, v in right.items()}
 
 
 def train_config(recipe: BuiltinRecipe, mode: str, model_dir: Path, data_dir: Path, out: Path, *,
@@ -336,9 +420,9 @@ def train_config(recipe: BuiltinRecipe, mode: str, model_dir: Path, data_dir: Pa
         steps, lr, seed, batch = recipe.max_steps, recipe.lr, recipe.seed, recipe.batch_for(mode)
     else:
         steps, lr, seed, batch = recipe.stage2_steps, recipe.stage2_lr, recipe.seed + 1, recipe.batch_for(mode)
-    # The vision tower starts random: it learns to read in the reading stage (or, without one, in
-    # the fine-tuning), at a higher rate; after the reading stage it may stay frozen.
-    frozen = stage > 0 and recipe.reading_steps > 0 and recipe.freeze_vision_after_reading
+    # The vision tower is aligned in the alignment stage; without one it starts random and learns
+    # in the reading stage (or the fine-tuning) at a higher rate. After either it may stay frozen.
+    frozen = recipe.freeze_vision_after_reading and (recipe.align_steps > 0 or (stage > 0 and recipe.reading_steps > 0))
     return TrainConfig(
         data=str(data_dir), model=str(model_dir), out=str(out), mode=mode, lr=lr, max_steps=steps,
         batch_size=batch, grad_accum=1, warmup_ratio=recipe.warmup_ratio, cutoff_len=recipe.cutoff_len,
@@ -349,11 +433,12 @@ def train_config(recipe: BuiltinRecipe, mode: str, model_dir: Path, data_dir: Pa
 
 
 def train_reading(recipe: BuiltinRecipe, work: Path, *, progress: bool = False, threads: int | None = None) -> Path:
-    """The shared reading stage: init -> work/read (resumes from its last checkpoint)."""
+    """The shared reading stage: aligned (or init) -> work/read (resumes from its last checkpoint)."""
     from vtcr.train import train
 
     samples = load_reading_samples(work / "reading-data")
-    train(train_config(recipe, "vtc", work / "init", work / "data", work / "read", progress=progress, threads=threads, stage=0),
+    start = work / ("aligned" if recipe.align_steps else "init")
+    train(train_config(recipe, "vtc", start, work / "data", work / "read", progress=progress, threads=threads, stage=0),
           samples=samples)  # fmt: skip
     return work / "read"
 
@@ -377,10 +462,25 @@ def train_mode(recipe: BuiltinRecipe, work: Path, mode: str, *, progress: bool =
     """Every unfinished training stage of one model, each leaving its marker when it ends."""
     from vtcr.train import train
 
-    previous = work / ("read" if recipe.reading_steps else "init")
+    previous = work / ("read" if recipe.reading_steps else "aligned" if recipe.align_steps else "init")
+    mixed = None
+    if mode == "vtc" and recipe.vtc_reading_mix and len(_stages(recipe, work, mode)) > 1:
+        from vtcr.train.data import load_samples, read_build
+
+        build = read_build(work / "data")
+        mix = work / "mix-data"
+        if not _stage(work, "mix-data").is_file():
+            if mix.exists():
+                shutil.rmtree(mix)
+            build_reading_samples(recipe, mix, build.system_prompt, progress=progress, n=recipe.vtc_reading_mix, tag="mix")
+            _stage(work, "mix-data").write_text("ok\n")
+        mixed = load_samples(build, "vtc") + load_reading_samples(mix)
     for stage, (out, marker) in enumerate(_stages(recipe, work, mode), start=1):
         if not marker.is_file():
-            train(train_config(recipe, mode, previous, work / "data", out, progress=progress, threads=threads, stage=stage))
+            if stage > 1:  # stage 2 starts from stage 1's weights as they would be published (float16)
+                _half_precision(previous)
+            train(train_config(recipe, mode, previous, work / "data", out, progress=progress, threads=threads, stage=stage),
+                  samples=mixed if stage > 1 else None)  # fmt: skip
             marker.write_text("ok\n")
         previous = out
 
@@ -481,6 +581,11 @@ def _fraction(check: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v['right']}/{v['of']}" for k, v in check.items())
 
 
+def _schedule(recipe: BuiltinRecipe) -> str:
+    stage2 = f" + stage 2 of {recipe.stage2_steps} steps ({', '.join(recipe.stage2_modes)})" if recipe.stage2_steps else ""
+    return f"{recipe.max_steps} steps{stage2}"
+
+
 def _stage(work: Path, name: str) -> Path:
     return work / f"{name}.done"
 
@@ -535,20 +640,30 @@ def rebuild(
         started = time.perf_counter()
         init = work / "init"
         if not _stage(work, "init").is_file():
-            log("1/5 tokenizer and random-weight model")
+            log("1/6 tokenizer and random-weight model")
             init_builtin_model(recipe, task_tokenizer(work / "tokenizer" / "tokenizer.json"), init)
             _stage(work, "init").write_text("ok\n")
         data = work / "data"
         if not _stage(work, "data").is_file():
-            log(f"2/5 training set: {recipe.problems} problems, lengths {recipe.lengths[0]}:{recipe.lengths[1]}")
+            log(f"2/6 training set: {recipe.problems} problems, lengths {recipe.lengths[0]}:{recipe.lengths[1]}")
             if data.exists():
                 shutil.rmtree(data)
             build_builtin_data(recipe, init, data, progress=progress)
             _stage(work, "data").write_text("ok\n")
         stats = json.loads((data / "stats.json").read_text(encoding="utf-8")) if (data / "stats.json").is_file() else {}
+        alignment: dict[str, Any] = {}
+        if recipe.align_steps:
+            if not _stage(work, "aligned").is_file():
+                log(f"3/6 alignment stage (shared): the vision tower alone, {recipe.align_steps} steps of "
+                    f"{recipe.align_batch_size} new pages, state-digit tokens -> the digits' embeddings")  # fmt: skip
+                align_vision(init, work / "aligned", recipe.align_steps, recipe.align_lr, recipe.align_batch_size,
+                             recipe.seed, threads=threads, progress=progress)  # fmt: skip
+                _stage(work, "aligned").write_text("ok\n")
+            alignment = json.loads((work / "aligned" / ALIGNMENT_FILE).read_text(encoding="utf-8"))
+            log(f"   aligned: {alignment['nearest_embedding_right']:.1%} of state-digit tokens nearest their digit's embedding")
         reading: dict[str, Any] = {}
         if recipe.reading_steps and not _stage(work, "read").is_file():
-            log(f"3/5 reading stage (shared by both models): {recipe.reading_steps} steps of batch {recipe.reading_batch_size}, "
+            log(f"4/6 reading stage (shared by both models): {recipe.reading_steps} steps of batch {recipe.reading_batch_size}, "
                 f"every sample new pages of random task lines")  # fmt: skip
             if not _stage(work, "reading-data").is_file():
                 if (work / "reading-data").exists():
@@ -558,8 +673,7 @@ def rebuild(
                 build_reading_samples(recipe, work / "reading-data", read_build(data).system_prompt, progress=progress)
                 _stage(work, "reading-data").write_text("ok\n")
             train_reading(recipe, work, progress=progress, threads=threads)
-            check = reading_check(work / "read", n=recipe.reading_check_pages, pages=recipe.reading_pages,
-                                  lines_out=recipe.reading_lines_out, threads=threads)
+            check = reading_check(work / "read", n=recipe.reading_check_pages, pages=recipe.reading_pages, threads=threads)
             (work / "read" / "reading_check.json").write_text(json.dumps(check, indent=2) + "\n", encoding="utf-8")
             _stage(work, "read").write_text("ok\n")
         if recipe.reading_steps:
@@ -571,12 +685,12 @@ def rebuild(
         side_by_side = len(pending) > 1 and (parallel if parallel is not None else usable_cores() >= 2)
         if side_by_side:
             each = threads or max(1, usable_cores() // len(pending))
-            log(f"4/5 training the {' and '.join(pending)} models side by side ({each} torch thread(s) each): "
-                f"{recipe.max_steps} steps (batch: {', '.join(f'{m} {recipe.batch_for(m)}' for m in pending)})")
+            log(f"5/6 training the {' and '.join(pending)} models side by side ({each} torch thread(s) each): "
+                f"{_schedule(recipe)} (batch: {', '.join(f'{m} {recipe.batch_for(m)}' for m in pending)})")
             _train_side_by_side(recipe, work, pending, each)
         else:
             for mode in pending:
-                log(f"{4 + recipe.modes.index(mode)}/5 training the {mode} model: {recipe.max_steps} steps of batch {recipe.batch_for(mode)}")
+                log(f"{5 + recipe.modes.index(mode)}/6 training the {mode} model: {_schedule(recipe)} of batch {recipe.batch_for(mode)}")
                 train_mode(recipe, work, mode, progress=progress, threads=threads)
         trained: dict[str, Any] = {}
         for mode in recipe.modes:
@@ -596,7 +710,7 @@ def rebuild(
                 _half_precision(dest)
         manifest = write_manifest(publish, {
             "recipe": recipe.to_dict(), "recipe_key": recipe.key(), "render_config": builtin_render_config().to_dict(),
-            "samples": stats.get("samples"), "problems": stats.get("problems"), "reading": reading, "trained": trained,
+            "samples": stats.get("samples"), "problems": stats.get("problems"), "alignment": alignment, "reading": reading, "trained": trained,
             "rebuild_seconds_this_run": round(time.perf_counter() - started, 1),
         })  # fmt: skip
         # publish: the old models move aside, the new folder's contents move in, the old go

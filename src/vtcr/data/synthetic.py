@@ -8,11 +8,15 @@ and the answer is x at that point::
 The reasoning writes one line per step: the state the step starts from (x, y, s), both
 computations, then the state the next step starts from (written without spaces)::
 
-    384 (3+8)%10=1 (4+1)%10=5 -> 815
-    815 (8+1)%10=9 (5+9)%10=4 -> 194
+    384 (3+8)%10=1 (4+1)%10=5 ->    8      1      5
+    815 (8+1)%10=9 (5+9)%10=4 ->    1      9      4
     ...
 
-and stops (``</think>``) after the first line that ends ``-> a10``; the answer is that ``a``.
+and stops (``</think>``) after the first line whose state ends ``1 0``; the answer is its first
+digit. The spaces before the state's digits (`STATE_GAPS`) put each digit alone in its own 32x32 px
+vision token of the built-in pages (`vtcr.builtin.recipe.builtin_render_config`): a page's state
+digits are the only thing in their tokens, the same glyph for the same digit wherever it is, which
+is what lets the built-in vision tower be aligned to the digits' embeddings (MODEL_CARD.md).
 
 Why this stop rule. Whether to stop is read off the line just written (its state ends ``10``), the
 same local rule at every length, so a model trained on short problems can stop right on longer
@@ -29,7 +33,7 @@ so a length has at most 10 problems; lengths 1-60 occur.
 Every line has the same width in characters and (DejaVu Sans digits are all one advance wide) in
 pixels, so a page of optical memory holding several lines always has the same layout, and what the
 next round needs -- the three digits that end the page's last line -- is always in the same place,
-inside one vision token (`vtcr.builtin.recipe.builtin_render_config`). A round's first line copies
+three vision tokens of the page's last row. A round's first line copies
 them first (the state is written at both ends of a line), so every digit read from a page is read
 one after the other at the start of the round. Each line is one token per character with the
 built-in tokenizer.
@@ -59,6 +63,7 @@ TRAIN_SEED = 0  # the built-in models' training problems: problems(TRAIN_PROBLEM
 # exist at every trained length too.
 TRAIN_PROBLEMS = 216
 HELDOUT_SEED = 1  # the default seed of held-out evaluation problems
+STATE_GAPS = (4, 6, 6)  # spaces written before each digit of a line's final state (after "->")
 
 _QUESTION = re.compile(
     r"^\s*x=(\d) y=(\d) s=(\d)\. Repeat z=\(x\+y\)%10, s=\(s\+z\)%10, x=y, y=z until y=1 s=0\. Answer x\.\s*$"
@@ -111,12 +116,12 @@ class Problem:
 
     def lines(self) -> list[str]:
         """The reasoning, one line per step (each ends with a newline): the state the step starts
-        from, the two computations, then the next state ``-> xys``."""
+        from, the two computations, then the next state (``->`` and its digits, `state_text`)."""
         out, x, y, s = [], self.x, self.y, self.s
         for _ in range(self.length):
             z = (x + y) % MODULUS
             s_new = (s + z) % MODULUS
-            out.append(f"{x}{y}{s} ({x}+{y})%10={z} ({s}+{z})%10={s_new} -> {y}{z}{s_new}\n")
+            out.append(f"{x}{y}{s} ({x}+{y})%10={z} ({s}+{z})%10={s_new} ->{state_text(y, z, s_new)}\n")
             x, y, s = y, z, s_new
         return out
 
@@ -132,6 +137,18 @@ class Problem:
         """Rounds a model that writes `lines_per_segment` lines per round needs (the answer rides
         on the round of the last line)."""
         return -(-self.length // lines_per_segment)
+
+
+def state_text(*digits: int) -> str:
+    """A line's final state as written after ``->``: each digit after its `STATE_GAPS` spaces."""
+    return "".join(" " * gap + str(d) for gap, d in zip(STATE_GAPS, digits, strict=True))
+
+
+def line_state(line: str) -> str:
+    """The three digits of the state that ends a task line ("" if the line has none)."""
+    _, sep, tail = line.rpartition("->")
+    digits = tail.split()
+    return "".join(digits) if sep and len(digits) == 3 and all(len(d) == 1 and d.isdigit() for d in digits) else ""
 
 
 def parse_question(text: str) -> Problem | None:
@@ -197,7 +214,7 @@ def reading_lines(rng: random.Random, n: int = LINES_PER_SEGMENT) -> list[str]:
     def d() -> int:
         return rng.randrange(MODULUS)
 
-    return [f"{d()}{d()}{d()} ({d()}+{d()})%10={d()} ({d()}+{d()})%10={d()} -> {d()}{d()}{d()}\n" for _ in range(n)]
+    return [f"{d()}{d()}{d()} ({d()}+{d()})%10={d()} ({d()}+{d()})%10={d()} ->{state_text(d(), d(), d())}\n" for _ in range(n)]
 
 
 def random_problem(rng: random.Random, lengths: tuple[int, int]) -> Problem:
@@ -255,4 +272,5 @@ __all__ = [
     "HELDOUT_SEED", "TRAIN_PROBLEMS", "TRAIN_SEED", "heldout_problems", "training_questions", "MAX_LENGTH", "STOP",
     "LINES_PER_SEGMENT", "SUPPORTED_LENGTHS", "TASK_NAME", "TRAIN_LENGTHS", "Problem", "check_length",
     "first_passage", "parse_length_range", "parse_question", "problems", "problems_of_length", "random_problem", "reading_lines", "solve",
+    "STATE_GAPS", "line_state", "state_text",
 ]  # fmt: skip
