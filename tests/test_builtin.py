@@ -271,6 +271,16 @@ TINY = BuiltinRecipe(problems=6, lengths=(2, 7), max_steps=2, stage2_steps=1, st
                      reading_batch_size=2, reading_check_pages=2, vtc_reading_mix=2)
 
 
+@pytest.mark.parametrize("field", ["max_steps", "align_steps", "reading_steps", "vtc_reading_mix"])
+def test_a_negative_step_count_is_refused_naming_the_field(field, capsys):
+    with pytest.raises(ValueError, match=f"recipe {field} -1"):
+        BuiltinRecipe(**{field: -1})
+    from vtcr.cli import main
+
+    assert main(["builtin", "rebuild", "--steps", "-1", "--out", "unused"]) != 0
+    assert "max_steps -1" in capsys.readouterr().err
+
+
 class _Killed(Exception):
     pass
 

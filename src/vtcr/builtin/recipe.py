@@ -134,6 +134,11 @@ class BuiltinRecipe:
         lo, hi = self.reading_pages
         if not 1 <= lo <= hi:
             raise ValueError(f"reading_pages {self.reading_pages!r}: expected (min, max) with 1 <= min <= max")
+        counts = {"max_steps": 1, "problems": 1, "align_steps": 0, "reading_steps": 0, "stage2_steps": 0, "vtc_reading_mix": 0}
+        for name, least in counts.items():  # a step or sample count the stages would silently skip or mistrain
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"recipe {name} {value!r}: expected an integer >= {least}")
         object.__setattr__(self, "modes", tuple(self.modes))
         object.__setattr__(self, "stage2_modes", tuple(self.stage2_modes))
         unknown = [m for m in self.modes if m not in MODES_TRAINED]
