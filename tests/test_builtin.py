@@ -123,6 +123,31 @@ def test_a_round_is_one_page_whose_state_digits_sit_alone_in_their_vision_tokens
                 assert not band[:, (STATE_COLUMNS[0] - 1) * TOKEN_PX + 28:STATE_COLUMNS[0] * TOKEN_PX].any()  # "->" ends before
 
 
+def test_a_reading_sample_asks_for_the_state_that_ends_its_last_page(tmp_path):
+    """The reading stage's sample: its pages are the rendered random lines, and its answer is the
+    state that ends the last page -- what a round of the task copies first."""
+    import random
+
+    np = pytest.importorskip("numpy")
+    from PIL import Image
+
+    from vtcr.builtin.recipe import READING_QUESTION, builtin_render_config, reading_sample
+    from vtcr.data.synthetic import reading_lines
+    from vtcr.prompts import SYSTEM_PROMPT
+    from vtcr.render import get_renderer, render_text
+
+    renderer = get_renderer(builtin_render_config())
+    sample = reading_sample(random.Random("t"), renderer, tmp_path, "r", SYSTEM_PROMPT, (2, 3))
+    replay = random.Random("t")  # the same draws, independently: the page count, then each page's lines
+    pages = [reading_lines(replay) for _ in range(replay.randint(2, 3))]
+    assert len(sample.images) == len(pages)
+    for path, lines in zip(sample.images, pages):
+        assert np.array_equal(np.array(Image.open(path).convert("RGB")), np.array(render_text("".join(lines), builtin_render_config())[0].convert("RGB")))
+    answer = sample.messages[-1]["content"][0]["text"]
+    assert answer == line_state(pages[-1][-1]) + "\n" and re.fullmatch(r"\d{3}\n", answer)
+    assert READING_QUESTION in json.dumps(sample.messages[1])
+
+
 @pytest.mark.parametrize("spec", ["1:10", "2:49", "0:60", "10:5", "a:b", "48:100"])
 def test_unsupported_lengths_are_refused_with_the_supported_range(spec):
     with pytest.raises(ValueError, match="2:48"):
@@ -283,6 +308,35 @@ def test_a_negative_step_count_is_refused_naming_the_field(field, capsys):
 
 class _Killed(Exception):
     pass
+
+
+def test_a_rebuild_ended_by_sigterm_leaves_no_lock_file_and_keeps_its_work(tmp_path):
+    """`kill PID` (SIGTERM) ends a rebuild as Ctrl-C does: the lock file is removed, the finished
+    stages stay for the resume, and the exit status says it was terminated."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "weights"
+    recipe = {**TINY.to_dict(), "align_steps": 100_000}  # still aligning when the signal comes
+    recipe.pop("version")
+    code = ("import json, sys; from vtcr.builtin.recipe import BuiltinRecipe, rebuild; "
+            f"rebuild(sys.argv[1], BuiltinRecipe.from_dict(json.loads(sys.argv[2])), log=lambda m: None)")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root), json.dumps(recipe)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (root / WORK_NAME / "data.done").is_file():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the rebuild did not reach its alignment stage within 120 s"
+            time.sleep(0.2)
+        assert (root / LOCK_NAME).is_file()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert not (root / LOCK_NAME).exists() and not (root / MANIFEST_FILE).exists()
+    assert (root / WORK_NAME / "init.done").is_file() and not (root / WORK_NAME / "aligned.done").exists()
 
 
 def test_a_killed_rebuild_resumes_and_publishes_atomically(tmp_path):

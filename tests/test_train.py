@@ -156,6 +156,85 @@ def test_masked_loss_equals_transformers_loss(build_dir, tiny_qwen3):
     assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-5), (float(ours), float(reference))
 
 
+def test_pages_seen_again_come_from_the_cache_as_the_same_numbers(build_dir, tiny_qwen3):
+    """A vtc set shows round r's pages again in every later round: the encoder keeps a page once it
+    comes back (never one used once), up to its byte budget, and gives the processor's own values."""
+    processor = load_processor(tiny_qwen3)
+    samples = [s for s in load_samples(read_build(build_dir)) if s.images]
+    uses: dict[str, int] = {}
+    for s in samples:
+        for path in s.images:
+            uses[path] = uses.get(path, 0) + 1
+    assert any(n > 1 for n in uses.values()) and any(n == 1 for n in uses.values())
+    encoder, uncached = SampleEncoder(processor, 4096, CAP), SampleEncoder(processor, 4096, CAP)
+    uncached.pixel_cache_bytes = 0
+    for _ in range(2):
+        for s in samples:
+            reference, grids = encoder.preprocess(encoder.load_images(s))
+            for enc in (encoder, uncached):
+                got = enc.encode(s)
+                assert torch.equal(got["pixel_values"], reference) and got["image_grid_thw"] == grids
+        if _ == 0:  # after one pass: exactly the pages used more than once
+            assert set(encoder._pixel_cache) == {p for p, n in uses.items() if n > 1}
+    assert set(encoder._pixel_cache) == set(uses) and not uncached._pixel_cache
+    assert encoder._pixel_bytes == sum(v.numel() * v.element_size() for v, _ in encoder._pixel_cache.values())
+
+
+def test_length_grouped_batches_pad_less_and_are_seeded_by_the_epoch(build_dir, tiny_qwen3):
+    from vtcr.train.trainer import LengthBatches
+
+    encoder = SampleEncoder(load_processor(tiny_qwen3), 480)
+    plan = encoder.plan(load_samples(read_build(build_dir)))
+    lengths, batch = plan.lengths, 2
+    assert len(lengths) == len(plan.kept) and len(set(lengths)) > batch
+
+    def padding(order):
+        chunks = [[lengths[i] for i in order[k : k + batch]] for k in range(0, len(order), batch)]
+        return sum(max(c) * len(c) - sum(c) for c in chunks)
+
+    sampler = LengthBatches(lengths, batch, seed=0)
+    first = list(sampler)
+    assert sorted(first) == list(range(len(lengths))) and list(sampler) == first  # a permutation, seeded
+    sampler.set_epoch(1)
+    assert sorted(list(sampler)) == sorted(first) and list(sampler) != first  # another order next epoch
+    assert list(LengthBatches(lengths, batch, seed=1)) != first
+    # transformers' rule: random mega-batches (here of 2 batches: a quarter of this small set), each
+    # sorted by length
+    grouped = []
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        grouped.append(padding(list(sampler)))
+    randoms = [padding(torch.randperm(len(lengths), generator=torch.Generator().manual_seed(k)).tolist()) for k in range(20)]
+    assert sum(grouped) < 0.8 * sum(randoms), (grouped, randoms)
+
+
+def test_a_length_grouped_run_resumed_in_its_second_epoch_ends_with_the_same_weights(build_dir, tiny_qwen3, tmp_path):
+    """The batch order of every epoch depends on the seed and the epoch alone, so a run resumed from a
+    checkpoint of a later epoch trains on the batches the uninterrupted run did."""
+    from safetensors.torch import load_file
+
+    n = len(SampleEncoder(load_processor(tiny_qwen3), 480).plan(load_samples(read_build(build_dir))).kept)
+    per_epoch = -(-n // 2)
+    whole = tmp_path / "whole"
+    cfg = config(build_dir, tiny_qwen3, whole, group_by_length=True, max_steps=per_epoch + 3, save_steps=per_epoch + 1,
+                 save_total_limit=None)  # fmt: skip
+    train(cfg)
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(whole / "checkpoints" / f"checkpoint-{per_epoch + 1}", resumed / "checkpoints" / f"checkpoint-{per_epoch + 1}")
+    again = replace(cfg, out=str(resumed))
+    (resumed / "train_config.json").write_text(again.to_json())
+    result = train(again)
+    assert result.resumed_from == f"checkpoint-{per_epoch + 1}" and result.log["epochs_done"] > 1
+    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # ... and grouping changed what was trained (the same run with random batches ends elsewhere)
+    plain = tmp_path / "plain"
+    train(replace(cfg, out=str(plain), group_by_length=False))
+    c = load_file(plain / "model.safetensors")
+    assert any(not torch.equal(a[k], c[k]) for k in a if "language_model" in k)
+
+
 # --- training runs -----------------------------------------------------------------------------------
 
 

@@ -67,6 +67,8 @@ def register(subparsers) -> None:
     p.add_argument("--cutoff-len", type=int, default=D["cutoff_len"], metavar="L",
                    help=f"most tokens per sample (default {D['cutoff_len']}): longer targets are cut from the right, samples "
                         "whose prompt alone reaches L are dropped; both are counted")
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=D["group_by_length"],
+                   help="batch samples of similar length together: fewer padding tokens a step (default: off, random batches)")
     p.add_argument("--seed", type=int, default=D["seed"], help=f"seed of weights init (LoRA), data order and dropout (default {D['seed']})")
     p.add_argument("--dtype", default=D["dtype"], choices=("auto", "fp32", "bf16", "fp16"),
                    help="training weights (default auto: fp32 + bf16 autocast on CUDA; bf16 base with --lora)")
@@ -94,7 +96,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, warmup_ratio=args.warmup_ratio,
         scheduler=args.scheduler, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, lora=args.lora,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        freeze_vision=args.freeze_vision, vision_lr_scale=args.vision_lr_scale, max_image_pixels=args.max_image_pixels, cutoff_len=args.cutoff_len,
+        freeze_vision=args.freeze_vision, vision_lr_scale=args.vision_lr_scale, max_image_pixels=args.max_image_pixels, cutoff_len=args.cutoff_len, group_by_length=args.group_by_length,
         seed=args.seed, dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
         deepspeed=args.deepspeed, render_preset=args.render_preset, render_config=args.render_config,
         save_steps=args.save_steps,

@@ -61,6 +61,9 @@ class TrainConfig:
     vision_lr_scale: float = 1.0
     max_image_pixels: int | None = None
     cutoff_len: int = 32768
+    # Batches of samples of similar length (fewer padding tokens a step; each epoch's order still
+    # seeded by `seed` and the epoch, so a resumed run sees the batches an uninterrupted one would).
+    group_by_length: bool = False
     seed: int = 0
     dtype: str = "auto"
     gradient_checkpointing: bool = False

@@ -159,6 +159,7 @@ class DataPlan:
 
     samples: int = 0
     kept: list[int] = field(default_factory=list)  # indexes of the samples trained on
+    lengths: list[int] = field(default_factory=list)  # tokens (prompt + kept target) of each kept sample
     dropped_prompt_too_long: list[str] = field(default_factory=list)  # sample ids
     truncated: int = 0
     target_tokens_cut: int = 0
@@ -230,6 +231,10 @@ class SampleEncoder:
             self.size_kwargs["size"] = image_size_budget(processor, max_image_pixels)
         self.spec = vision_spec_of(processor, max_image_pixels)
         self.conventions = chat_conventions(processor.chat_template or "", arch, source="the model's chat template")
+        self.pixel_cache_bytes = 1 << 30  # per process (each data-loader worker holds its own cache)
+        self._pixel_cache: dict[str, tuple[Any, tuple[int, ...]]] = {}
+        self._pixel_seen: set[str] = set()
+        self._pixel_bytes = 0
 
     # -- text ------------------------------------------------------------------------------------
 
@@ -299,6 +304,7 @@ class SampleEncoder:
                     plan.truncated += 1
                     plan.target_tokens_cut += len(t_ids) - n_target
                 plan.kept.append(start + offset)
+                plan.lengths.append(n_prompt + n_target)
                 plan.prompt_tokens += n_prompt
                 plan.target_tokens += n_target
                 plan.max_length = max(plan.max_length, n_prompt + n_target)
@@ -326,9 +332,33 @@ class SampleEncoder:
         grids = [tuple(int(x) for x in g) for g in out["image_grid_thw"].tolist()]
         return out["pixel_values"], grids
 
+    def pixels_of(self, sample: Sample):
+        """`preprocess` of the sample's images, with each page that comes back (a vtc set shows
+        round r's pages again in rounds r+1, r+2, ... and every epoch) taken from a cache filled on
+        its second use, up to `pixel_cache_bytes`: a page used once is never held. The processor
+        works on each image alone, so cached and fresh values are the same numbers."""
+        import torch
+
+        if not sample.images:
+            return None, []
+        missing = list(dict.fromkeys(p for p in sample.images if p not in self._pixel_cache))
+        fresh: dict[str, tuple[Any, tuple[int, ...]]] = {}
+        if missing:
+            values, grids = self.preprocess(self.load_images(Sample(sample.id, sample.messages, tuple(missing))))
+            rows = [t * h * w for t, h, w in grids]
+            for path, value, grid in zip(missing, values.split(rows), grids, strict=True):
+                fresh[path] = (value, grid)
+                size = value.numel() * value.element_size()
+                if path in self._pixel_seen and self._pixel_bytes + size <= self.pixel_cache_bytes:
+                    self._pixel_cache[path] = (value, grid)
+                    self._pixel_bytes += size
+                self._pixel_seen.add(path)
+        chosen = [fresh[p] if p in fresh else self._pixel_cache[p] for p in sample.images]
+        return torch.cat([value for value, _ in chosen]), [grid for _, grid in chosen]
+
     def encode(self, sample: Sample) -> dict[str, Any]:
         """input_ids, labels (IGNORE_INDEX on the prompt), pixel_values and image_grid_thw of one sample."""
-        pixel_values, grids = self.preprocess(self.load_images(sample))
+        pixel_values, grids = self.pixels_of(sample)
         prompt, target = self.split(sample.messages)
         ids = self.prompt_ids(prompt, grids)
         room = self.cutoff_len - len(ids)
