@@ -117,9 +117,11 @@ class BuiltinRecipe:
     vtc_batch_size: int = 12
     warmup_ratio: float = 0.02
     cutoff_len: int = 2048  # the longest trained trace (32 lines) is ~1,600 tokens
-    # Random batches. (Batches of similar length, `TrainConfig.group_by_length`, made the fine-tunings
-    # 1.6-2x faster but the vtc model worse: 10/40 held-out answers instead of 19/40; MODEL_CARD.md.)
     save_steps: int = 250
+    # Every stage trains on random batches: batches of similar length (`TrainConfig.group_by_length`)
+    # made the fine-tunings 1.6-2x faster but the vtc model worse (10/40 held-out answers instead of
+    # 19/40; MODEL_CARD.md).
+
     # An optional stage 2: the same trainer again from stage 1's weights (as published, float16; a
     # second cosine cycle, another data order) for the modes named (the vtc model's set adds
     # `vtc_reading_mix` reading samples). The shipped recipe has none: both models get the same
