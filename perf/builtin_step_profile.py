@@ -40,23 +40,26 @@ def profile_mode(data: Path, mode: str, steps: int, seed: int = 0) -> dict[str, 
     from transformers import AutoModelForImageTextToText
 
     from vtcr.builtin import model_dir
-    from vtcr.builtin.recipe import PAGE_PIXELS, BuiltinRecipe
+    from vtcr.builtin.recipe import BuiltinRecipe, train_config
     from vtcr.models.processor import load_processor
     from vtcr.train.data import Collator, EncodedDataset, SampleEncoder, load_samples, read_build
+    from vtcr.train.trainer import freeze_vision
 
-    recipe = BuiltinRecipe()
     folder = model_dir(mode)
+    # the recipe's own fine-tuning settings (batch size, cutoff, image cap, frozen tower)
+    config = train_config(BuiltinRecipe(), mode, folder, data, data.parent / "unused-out")
     samples = load_samples(read_build(data), mode)
     processor = load_processor(folder)
-    encoder = SampleEncoder(processor, recipe.cutoff_len, PAGE_PIXELS)
+    encoder = SampleEncoder(processor, config.cutoff_len, config.max_image_pixels)
     plan = encoder.plan(samples)
     dataset = EncodedDataset(samples, encoder, plan.kept)
     pad = processor.tokenizer.pad_token_id
     collate = Collator(pad if pad is not None else processor.tokenizer.eos_token_id, encoder.image_token_id)
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
     model.train()
-    model.model.visual.requires_grad_(False)  # frozen in the fine-tunings, as in the recipe
-    rng, batch_size = random.Random(seed), recipe.batch_for(mode)
+    if config.freeze_vision:
+        freeze_vision(model)
+    rng, batch_size = random.Random(seed), config.batch_size
     parts: dict[str, list[float]] = {"collate": [], "tower": [], "forward": [], "backward": [], "real_tokens": []}
     for step in range(steps + 1):
         t0 = time.perf_counter()
