@@ -3,8 +3,9 @@
     python -m perf.builtin_step_profile [--steps 8] [--threads 1] [--modes vtc,standard] [--work DIR]
 
 Builds the built-in training set with the real builder (the recipe's problems, tokenizer and pages;
-kept in `--work` and reused), loads the shipped built-in model of each mode and times, on random
-batches of the recipe's batch size (as the shipped recipe trains), one step's parts: collating the
+kept in `--work` and reused), loads the shipped built-in model of each mode and times, on batches drawn
+as the recipe trains that mode (its batch size; random, or the trainer's length-grouped batches for a
+mode in `grouped_modes`), one step's parts: collating the
 encoded samples, the frozen vision tower's forward alone (what caching the tower's page features
 would save), the whole forward (tower included) and the backward. It also prints the share of real
 (non-padding) tokens in the padded batches: what length-grouped or padding-free batches could save.
@@ -60,10 +61,18 @@ def profile_mode(data: Path, mode: str, steps: int, seed: int = 0) -> dict[str, 
     if config.freeze_vision:
         freeze_vision(model)
     rng, batch_size = random.Random(seed), config.batch_size
+    if config.group_by_length:  # batches as the recipe trains this mode: the trainer's own length-grouped order
+        from vtcr.train.trainer import LengthBatches
+
+        order = list(LengthBatches(plan.lengths, batch_size, seed))
+        batches = [order[k:k + batch_size] for k in range(0, len(order) - batch_size + 1, batch_size)]
+        draw = lambda: rng.choice(batches)  # noqa: E731
+    else:  # random batches
+        draw = lambda: [rng.randrange(len(dataset)) for _ in range(batch_size)]  # noqa: E731
     parts: dict[str, list[float]] = {"collate": [], "tower": [], "forward": [], "backward": [], "real_tokens": []}
     for step in range(steps + 1):
         t0 = time.perf_counter()
-        batch = collate([dataset[rng.randrange(len(dataset))] for _ in range(batch_size)])
+        batch = collate([dataset[i] for i in draw()])
         t1 = time.perf_counter()
         if "pixel_values" in batch:
             with torch.no_grad():
@@ -78,7 +87,7 @@ def profile_mode(data: Path, mode: str, steps: int, seed: int = 0) -> dict[str, 
             mask = batch["attention_mask"]
             for name, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, mask.sum().item() / mask.numel())):
                 parts[name].append(value)
-    return {name: statistics.mean(values) for name, values in parts.items()} | {"batch": batch_size}
+    return {name: statistics.mean(values) for name, values in parts.items()} | {"batch": batch_size, "grouped": config.group_by_length}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,11 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         data = build_set(Path(args.work or tmp))
-        print(f"{'mode':<9} {'batch':>5} {'collate':>8} {'tower':>7} {'forward':>8} {'backward':>9} {'step':>6} {'tower %':>8} {'real tokens':>12}")
+        print(f"{'mode':<9} {'batch':>5} {'batches':>8} {'collate':>8} {'tower':>7} {'forward':>8} {'backward':>9} {'step':>6} {'tower %':>8} {'real tokens':>12}")
         for mode in args.modes.split(","):
             p = profile_mode(data, mode, args.steps)
             step = p["collate"] + p["forward"] + p["backward"]  # the tower runs inside the forward
-            print(f"{mode:<9} {p['batch']:>5} {p['collate']:>8.3f} {p['tower']:>7.3f} {p['forward']:>8.3f} {p['backward']:>9.3f} "
+            print(f"{mode:<9} {p['batch']:>5} {'grouped' if p['grouped'] else 'random':>8} {p['collate']:>8.3f} {p['tower']:>7.3f} {p['forward']:>8.3f} {p['backward']:>9.3f} "
                   f"{step:>6.3f} {p['tower'] / step:>8.1%} {p['real_tokens']:>12.1%}")  # fmt: skip
 
 

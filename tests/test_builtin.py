@@ -148,6 +148,30 @@ def test_a_reading_sample_asks_for_the_state_that_ends_its_last_page(tmp_path):
     assert READING_QUESTION in json.dumps(sample.messages[1])
 
 
+def test_the_reading_set_is_the_same_rendered_on_one_process_or_two(tmp_path):
+    """The reading stage's pages are drawn from one seeded stream, then rendered on several
+    processes: the same samples and the same page files for any number of processes, and each
+    sample's answer is the state that ends its own last page."""
+    import random
+
+    from vtcr.builtin.recipe import BuiltinRecipe, build_reading_samples, load_reading_samples
+    from vtcr.data.synthetic import reading_lines
+    from vtcr.prompts import SYSTEM_PROMPT
+
+    recipe = BuiltinRecipe(reading_steps=2, reading_batch_size=6)
+    one = build_reading_samples(recipe, tmp_path / "one", SYSTEM_PROMPT, processes=1)
+    two = build_reading_samples(recipe, tmp_path / "two", SYSTEM_PROMPT, processes=2)
+    assert one.read_text() == two.read_text() and len(one.read_text().splitlines()) == 12
+    names = sorted(p.name for p in (tmp_path / "one" / "images").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two" / "images").iterdir()) and len(names) >= 12
+    assert all((tmp_path / "one" / "images" / n).read_bytes() == (tmp_path / "two" / "images" / n).read_bytes() for n in names)
+    first = load_reading_samples(tmp_path / "two")[0]
+    replay = random.Random(f"vtcr-builtin-reading-{recipe.seed}")
+    pages = [reading_lines(replay) for _ in range(replay.randint(*recipe.reading_pages))]
+    assert len(first.images) == len(pages)
+    assert first.messages[-1]["content"][0]["text"] == line_state(pages[-1][-1]) + "\n"
+
+
 @pytest.mark.parametrize("spec", ["1:10", "2:49", "0:60", "10:5", "a:b", "48:100"])
 def test_unsupported_lengths_are_refused_with_the_supported_range(spec):
     with pytest.raises(ValueError, match="2:48"):
@@ -293,7 +317,7 @@ def test_the_shipped_vtc_model_reads_its_pages_not_their_count(tmp_path, capsys)
 
 TINY = BuiltinRecipe(problems=6, lengths=(2, 7), max_steps=2, stage2_steps=1, stage2_modes=("vtc",), batch_size=2,
                      vtc_batch_size=2, save_steps=1, cutoff_len=512, align_steps=2, align_batch_size=2, reading_steps=2,
-                     reading_batch_size=2, reading_check_pages=2, vtc_reading_mix=2)
+                     reading_batch_size=2, reading_check_pages=2, vtc_reading_mix=2, widen_at_step=1)
 
 
 @pytest.mark.parametrize("field", ["max_steps", "align_steps", "reading_steps", "vtc_reading_mix"])
@@ -364,6 +388,12 @@ def test_a_killed_rebuild_resumes_and_publishes_atomically(tmp_path):
     assert any("side by side" in m for m in messages)
     each = max(1, usable_cores() // 2)  # the cores split between the two trainings
     assert {m: manifest["trained"][m]["stage1"]["timing"]["threads"] for m in ("vtc", "standard")} == {"vtc": each, "standard": each}
+    # from step 1 the vtc model waited for the standard model to finish, then took every core
+    assert manifest["trained"]["vtc"]["stage1"]["widened"]["step"] == 1
+    assert manifest["trained"]["vtc"]["stage1"]["widened"]["threads"] == max(each, usable_cores())
+    assert "widened" not in manifest["trained"]["standard"]["stage1"]
+    # standard's batches grouped by length, vtc's random
+    assert {m: manifest["trained"][m]["stage1"]["group_by_length"] for m in ("vtc", "standard")} == {"vtc": False, "standard": True}
     config = json.loads((root / "vtc" / "config.json").read_text())
     assert config["text_config"]["rope_parameters"]["rope_theta"] == TINY.rope_theta
     assert manifest["recipe"] == TINY.to_dict()

@@ -118,9 +118,18 @@ class BuiltinRecipe:
     warmup_ratio: float = 0.02
     cutoff_len: int = 2048  # the longest trained trace (32 lines) is ~1,600 tokens
     save_steps: int = 250
-    # Every stage trains on random batches: batches of similar length (`TrainConfig.group_by_length`)
-    # made the fine-tunings 1.6-2x faster but the vtc model worse (10/40 held-out answers instead of
-    # 19/40; MODEL_CARD.md).
+    # The fine-tunings of the models named here train on batches of similar length
+    # (`TrainConfig.group_by_length`). Off in the shipped recipe: grouped vtc batches are batches of
+    # one round index (its length is fixed mostly by the page count) and that vtc model read worse
+    # (10/40 held-out answers instead of 19/40). Grouping standard alone (with `widen_at_step` 1100)
+    # was measured: rebuild 53 minutes, standard 14/40, but that rebuild's vtc 6/40 (MODEL_CARD.md).
+    grouped_modes: tuple[str, ...] = ()
+    # Side by side, from step `widen_at_step` on the models in `widen_modes` wait until every other
+    # model has finished and then take all the cores (a vtc step is 1.56x faster on two threads than
+    # on one). The step is fixed, not the moment the other ends, so the result does not depend on
+    # timing. 0: never (the shipped recipe: one thread each throughout).
+    widen_modes: tuple[str, ...] = ("vtc",)
+    widen_at_step: int = 0
 
     # An optional stage 2: the same trainer again from stage 1's weights (as published, float16; a
     # second cosine cycle, another data order) for the modes named (the vtc model's set adds
@@ -138,7 +147,8 @@ class BuiltinRecipe:
         lo, hi = self.reading_pages
         if not 1 <= lo <= hi:
             raise ValueError(f"reading_pages {self.reading_pages!r}: expected (min, max) with 1 <= min <= max")
-        counts = {"max_steps": 1, "problems": 1, "align_steps": 0, "reading_steps": 0, "stage2_steps": 0, "vtc_reading_mix": 0}
+        counts = {"max_steps": 1, "problems": 1, "align_steps": 0, "reading_steps": 0, "stage2_steps": 0, "vtc_reading_mix": 0,
+                  "widen_at_step": 0}
         for name, least in counts.items():  # a step or sample count the stages would silently skip or mistrain
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -148,6 +158,11 @@ class BuiltinRecipe:
         unknown = [m for m in self.modes if m not in MODES_TRAINED]
         if unknown or not self.modes:
             raise ValueError(f"recipe modes {self.modes!r}: choose from {', '.join(MODES_TRAINED)}")
+        for name in ("grouped_modes", "widen_modes"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+            unknown = [m for m in getattr(self, name) if m not in MODES_TRAINED]
+            if unknown:
+                raise ValueError(f"recipe {name} {getattr(self, name)!r}: choose from {', '.join(MODES_TRAINED)}")
 
     def batch_for(self, mode: str) -> int:
         """Samples per step of the `mode` model (the same supervised tokens a step for both)."""
@@ -163,6 +178,8 @@ class BuiltinRecipe:
         out["reading_pages"] = list(self.reading_pages)
         out["modes"] = list(self.modes)
         out["stage2_modes"] = list(self.stage2_modes)
+        out["grouped_modes"] = list(self.grouped_modes)
+        out["widen_modes"] = list(self.widen_modes)
         out["version"] = RECIPE_VERSION
         return out
 
@@ -257,10 +274,14 @@ def reading_page(renderer: Any, rng: random.Random) -> tuple[Any, list[str]]:
     from vtcr.data.synthetic import line_state, reading_lines
 
     lines = reading_lines(rng, LINES_PER_SEGMENT)
-    pages = list(renderer.iter_pages("".join(lines)))
+    return render_reading_page(renderer, "".join(lines)), [line_state(line) for line in lines]
+
+
+def render_reading_page(renderer: Any, text: str) -> Any:
+    pages = list(renderer.iter_pages(text))
     if len(pages) != 1:  # the layout is the training pages' own: six task lines fill exactly one page
         raise RuntimeError(f"a reading page of {LINES_PER_SEGMENT} lines rendered to {len(pages)} pages")
-    return pages[0].convert("RGB"), [line_state(line) for line in lines]
+    return pages[0].convert("RGB")
 
 
 def align_vision(start: Path, out: Path, steps: int, lr: float, batch: int, seed: int, *, threads: int | None = None,
@@ -325,6 +346,25 @@ def align_vision(start: Path, out: Path, steps: int, lr: float, batch: int, seed
     return figures
 
 
+def _reading_texts(rng: random.Random, pages: tuple[int, int]) -> list[str]:
+    """The text of each page of one reading sample (1-3 pages of random task lines)."""
+    from vtcr.data.synthetic import reading_lines
+
+    return ["".join(reading_lines(rng, LINES_PER_SEGMENT)) for _ in range(rng.randint(*pages))]
+
+
+def _reading_messages(system_prompt: str, texts: list[str]) -> tuple[dict[str, Any], ...]:
+    from vtcr.data.synthetic import line_state
+    from vtcr.prompts import user_parts
+
+    last_state = line_state(texts[-1].splitlines()[-1])
+    return (
+        {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
+        {"role": "user", "content": user_parts(READING_QUESTION, len(texts))},
+        {"role": "assistant", "content": [{"type": "text", "text": last_state + "\n"}]},
+    )
+
+
 def reading_sample(rng: random.Random, renderer: Any, folder: Path, name: str, system_prompt: str,
                    pages: tuple[int, int]):  # fmt: skip
     """One reading sample: the system prompt, READING_QUESTION with 1-3 pages of random
@@ -332,40 +372,55 @@ def reading_sample(rng: random.Random, renderer: Any, folder: Path, name: str, s
     three digits, as a round of the task copies them first) as the answer. (Asking for all six
     states of the last page, bottom line first, was measured worse: reading loss still near
     chance after 1,500 steps, 0/48 unseen states right: MODEL_CARD.md.)"""
-    from vtcr.prompts import user_parts
     from vtcr.render import save_png
     from vtcr.train.data import Sample
 
-    n = rng.randint(*pages)
-    paths = []
-    for j in range(n):
-        page, states = reading_page(renderer, rng)
-        paths.append(str(save_png(page, folder / "images" / f"{name}-{j}.png")))
-    messages = (
-        {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
-        {"role": "user", "content": user_parts(READING_QUESTION, n)},
-        {"role": "assistant", "content": [{"type": "text", "text": states[-1] + "\n"}]},
-    )
-    return Sample(id=name, messages=messages, images=tuple(paths))
+    texts = _reading_texts(rng, pages)
+    paths = [str(save_png(render_reading_page(renderer, text), folder / "images" / f"{name}-{j}.png"))
+             for j, text in enumerate(texts)]  # fmt: skip
+    return Sample(id=name, messages=_reading_messages(system_prompt, texts), images=tuple(paths))
+
+
+def _render_reading_pages(jobs: list[tuple[str, str]]) -> int:
+    """(text, png path) -> the page saved there; one worker's share of `build_reading_samples`."""
+    from vtcr.render import get_renderer, save_png
+
+    renderer = get_renderer(builtin_render_config())
+    for text, path in jobs:
+        save_png(render_reading_page(renderer, text), path)
+    return len(jobs)
 
 
 def build_reading_samples(recipe: BuiltinRecipe, folder: Path, system_prompt: str, progress: bool = False,
-                          n: int | None = None, tag: str = "reading") -> Path:  # fmt: skip
+                          n: int | None = None, tag: str = "reading", processes: int | None = None) -> Path:  # fmt: skip
     """The reading stage's samples (`n`, default one per sample the stage trains on: every page is
     new), seeded by the recipe and `tag`, written to `folder` (images/ and samples.jsonl). Returns
-    the samples file."""
+    the samples file. The lines are drawn in order from one seeded stream, then the pages rendered
+    on `processes` (default: the usable cores): the same samples for any number of processes."""
+    import multiprocessing
+
     from tqdm.auto import tqdm
 
-    from vtcr.render import get_renderer
-
-    renderer = get_renderer(builtin_render_config())
     rng = random.Random(f"vtcr-builtin-{tag}-{recipe.seed}")
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows, jobs = [], []
     n = recipe.reading_steps * recipe.reading_batch_size if n is None else n
-    for i in tqdm(range(n), desc=f"{tag} pages", unit="sample", disable=not progress):
-        sample = reading_sample(rng, renderer, folder, f"read-{i:06d}", system_prompt, recipe.reading_pages)
-        rows.append(json.dumps({"id": sample.id, "messages": sample.messages, "images": [Path(p).name for p in sample.images]}))
+    for i in range(n):
+        name, texts = f"read-{i:06d}", _reading_texts(rng, recipe.reading_pages)
+        images = [f"{name}-{j}.png" for j in range(len(texts))]
+        jobs.extend((text, str(folder / "images" / image)) for text, image in zip(texts, images))
+        rows.append(json.dumps({"id": name, "messages": _reading_messages(system_prompt, texts), "images": images}))
+    processes = max(1, processes or usable_cores())
+    chunks = [jobs[i:i + 500] for i in range(0, len(jobs), 500)]
+    bar = tqdm(total=len(jobs), desc=f"{tag} pages", unit="page", disable=not progress)
+    if processes == 1:
+        for chunk in chunks:
+            bar.update(_render_reading_pages(chunk))
+    else:
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            for done in pool.imap_unordered(_render_reading_pages, chunks):
+                bar.update(done)
+    bar.close()
     path = folder / READING_SAMPLES_FILE
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
@@ -439,7 +494,8 @@ def train_config(recipe: BuiltinRecipe, mode: str, model_dir: Path, data_dir: Pa
         batch_size=batch, grad_accum=1, warmup_ratio=recipe.warmup_ratio, cutoff_len=recipe.cutoff_len,
         seed=seed, save_steps=recipe.save_steps, save_total_limit=1, logging_steps=10, progress=progress,
         freeze_vision=frozen, vision_lr_scale=1.0 if frozen else recipe.vision_lr_scale,
-        max_image_pixels=PAGE_PIXELS, **({"threads": threads} if threads is not None else {}),
+        max_image_pixels=PAGE_PIXELS, group_by_length=stage > 0 and mode in recipe.grouped_modes,
+        **({"threads": threads} if threads is not None else {}),
     )  # fmt: skip
 
 
@@ -469,8 +525,39 @@ def _mode_done(recipe: BuiltinRecipe, work: Path, mode: str) -> bool:
     return all(marker.is_file() for _, marker in _stages(recipe, work, mode))
 
 
-def train_mode(recipe: BuiltinRecipe, work: Path, mode: str, *, progress: bool = False, threads: int | None = None) -> None:
-    """Every unfinished training stage of one model, each leaving its marker when it ends."""
+WIDENED_FILE = "widened.json"
+
+
+def _widen_when_others_done(at_step: int, markers: list[Path], threads: int, record: Path, poll_s: float = 2.0):
+    """A trainer callback: from step `at_step` on (a resumed run included), wait until every
+    marker exists (the other models have finished), then train on `threads` torch threads; what
+    it did goes to `record` (step, seconds waited, threads)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class WidenWhenOthersDone(TrainerCallback):
+        widened = False
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.widened or state.global_step < at_step:
+                return
+            started = time.perf_counter()
+            while not all(m.is_file() for m in markers):  # the parent stops every model if one fails
+                time.sleep(poll_s)
+            torch.set_num_threads(threads)
+            self.widened = True
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({"step": state.global_step, "waited_seconds": round(time.perf_counter() - started, 1),
+                                          "threads": threads}) + "\n", encoding="utf-8")  # fmt: skip
+
+    return WidenWhenOthersDone()
+
+
+def train_mode(recipe: BuiltinRecipe, work: Path, mode: str, *, progress: bool = False, threads: int | None = None,
+               widen_threads: int | None = None) -> None:  # fmt: skip
+    """Every unfinished training stage of one model, each leaving its marker when it ends.
+    `widen_threads`: side by side, the threads this model takes from `recipe.widen_at_step` on,
+    once the other models are done (only for a model in `recipe.widen_modes`)."""
     from vtcr.train import train
 
     previous = work / ("read" if recipe.reading_steps else "aligned" if recipe.align_steps else "init")
@@ -486,12 +573,17 @@ def train_mode(recipe: BuiltinRecipe, work: Path, mode: str, *, progress: bool =
             build_reading_samples(recipe, mix, build.system_prompt, progress=progress, n=recipe.vtc_reading_mix, tag="mix")
             _stage(work, "mix-data").write_text("ok\n")
         mixed = load_samples(build, "vtc") + load_reading_samples(mix)
+    callbacks: tuple = ()
+    if widen_threads and recipe.widen_at_step and mode in recipe.widen_modes:
+        others = [marker for m in recipe.modes if m != mode for _, marker in _stages(recipe, work, m)]
+        record = _stages(recipe, work, mode)[0][0] / WIDENED_FILE
+        callbacks = (_widen_when_others_done(recipe.widen_at_step, others, widen_threads, record),)
     for stage, (out, marker) in enumerate(_stages(recipe, work, mode), start=1):
         if not marker.is_file():
             if stage > 1:  # stage 2 starts from stage 1's weights as they would be published (float16)
                 _half_precision(previous)
             train(train_config(recipe, mode, previous, work / "data", out, progress=progress, threads=threads, stage=stage),
-                  samples=mixed if stage > 1 else None)  # fmt: skip
+                  samples=mixed if stage > 1 else None, callbacks=callbacks if stage == 1 else ())  # fmt: skip
             marker.write_text("ok\n")
         previous = out
 
@@ -510,24 +602,29 @@ def _die_with_parent() -> None:
             pass
 
 
-def _train_mode_child(recipe_data: dict[str, Any], work: str, mode: str, threads: int) -> None:
+def _train_mode_child(recipe_data: dict[str, Any], work: str, mode: str, threads: int, widen_threads: int) -> None:
     _die_with_parent()
-    train_mode(BuiltinRecipe.from_dict(recipe_data), Path(work), mode, progress=False, threads=threads)
+    train_mode(BuiltinRecipe.from_dict(recipe_data), Path(work), mode, progress=False, threads=threads,
+               widen_threads=widen_threads)  # fmt: skip
 
 
 def _train_side_by_side(recipe: BuiltinRecipe, work: Path, modes: list[str], threads: int) -> None:
-    """One spawned process per model (torch's thread pool is per process); RuntimeError naming
-    each model whose training failed."""
+    """One spawned process per model (torch's thread pool is per process), `threads` each; a
+    model in `recipe.widen_modes` takes every core once the others are done. RuntimeError naming
+    each model whose training failed (the first failure stops the others: one may be waiting)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    procs = {m: ctx.Process(target=_train_mode_child, args=(recipe.to_dict(), str(work), m, threads), name=f"train-{m}")
-             for m in modes}  # fmt: skip
+    widen = max(threads, usable_cores())
+    procs = {m: ctx.Process(target=_train_mode_child, args=(recipe.to_dict(), str(work), m, threads, widen),
+                            name=f"train-{m}") for m in modes}  # fmt: skip
     try:
         for proc in procs.values():
             proc.start()
-        for proc in procs.values():
-            proc.join()
+        while any(p.is_alive() for p in procs.values()):
+            if any(p.exitcode not in (None, 0) for p in procs.values()):
+                break  # the finally stops the rest
+            time.sleep(0.5)
     finally:
         for proc in procs.values():
             if proc.is_alive():
@@ -638,7 +735,7 @@ def _half_precision(model_dir: Path) -> None:
         os.chmod(path, 0o644)
 
 
-_KEEP = ("checkpoints", "train_config.json", "train_log.jsonl", "loss.png")
+_KEEP = ("checkpoints", "train_config.json", "train_log.jsonl", "loss.png", WIDENED_FILE)
 
 
 def rebuild(
@@ -720,8 +817,11 @@ def rebuild(
         side_by_side = len(pending) > 1 and (parallel if parallel is not None else usable_cores() >= 2)
         if side_by_side:
             each = threads or max(1, usable_cores() // len(pending))
-            log(f"5/6 training the {' and '.join(pending)} models side by side ({each} torch thread(s) each): "
-                f"{_schedule(recipe)} (batch: {', '.join(f'{m} {recipe.batch_for(m)}' for m in pending)})")
+            widen = [m for m in pending if m in recipe.widen_modes] if recipe.widen_at_step else []
+            later = f"; from step {recipe.widen_at_step} {', '.join(widen)} takes every core once the other is done" if widen else ""
+            log(f"5/6 training the {' and '.join(pending)} models side by side ({each} torch thread(s) each{later}): "
+                f"{_schedule(recipe)} (batch: {', '.join(f'{m} {recipe.batch_for(m)}' for m in pending)}; "
+                f"grouped by length: {', '.join(m for m in pending if m in recipe.grouped_modes) or 'none'})")
             _train_side_by_side(recipe, work, pending, each)
         else:
             for mode in pending:
@@ -733,6 +833,10 @@ def rebuild(
             for stage, (folder, _) in enumerate(_stages(recipe, work, mode), start=1):
                 log_data = json.loads((folder / "train_log.json").read_text(encoding="utf-8"))
                 trained[mode][f"stage{stage}"] = {k: log_data.get(k) for k in ("final_train_loss", "timing", "global_step")}
+                config = json.loads((folder / "train_config.json").read_text(encoding="utf-8"))
+                trained[mode][f"stage{stage}"]["group_by_length"] = config.get("group_by_length", False)
+                if (folder / WIDENED_FILE).is_file():  # side by side: the step it took every core from
+                    trained[mode][f"stage{stage}"]["widened"] = json.loads((folder / WIDENED_FILE).read_text(encoding="utf-8"))
             trained[mode]["final_train_loss"] = log_data.get("final_train_loss")
         publish = work / "publish"
         if publish.exists():
