@@ -317,7 +317,7 @@ def test_the_shipped_vtc_model_reads_its_pages_not_their_count(tmp_path, capsys)
 
 TINY = BuiltinRecipe(problems=6, lengths=(2, 7), max_steps=2, stage2_steps=1, stage2_modes=("vtc",), batch_size=2,
                      vtc_batch_size=2, save_steps=1, cutoff_len=512, align_steps=2, align_batch_size=2, reading_steps=2,
-                     reading_batch_size=2, reading_check_pages=2, vtc_reading_mix=2, widen_at_step=1)
+                     reading_batch_size=2, reading_check_pages=2, vtc_reading_mix=2, widen_at_step=1, grouped_modes=("standard",))
 
 
 @pytest.mark.parametrize("field", ["max_steps", "align_steps", "reading_steps", "vtc_reading_mix"])
