@@ -330,6 +330,40 @@ def test_a_negative_step_count_is_refused_naming_the_field(field, capsys):
     assert "max_steps -1" in capsys.readouterr().err
 
 
+def test_another_model_seed_starts_from_other_weights_on_the_same_problems(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from vtcr.builtin.recipe import build_reading_samples, init_builtin_model, task_tokenizer, train_config
+
+    tok = task_tokenizer(tmp_path / "tokenizer.json")
+    shipped, again, other = BuiltinRecipe(), BuiltinRecipe(model_seed=0), BuiltinRecipe(model_seed=1)
+    weights = {}
+    for name, recipe in (("shipped", shipped), ("again", again), ("other", other)):
+        folder = init_builtin_model(recipe, tok, tmp_path / name)
+        weights[name] = load_file(str(folder / "model.safetensors"))
+    # model_seed 0 is the shipped recipe's own start; 1 another random start of the same shapes
+    assert all(weights["shipped"][k].equal(weights["again"][k]) for k in weights["shipped"])
+    assert weights["other"].keys() == weights["shipped"].keys()
+    assert not all(weights["other"][k].equal(weights["shipped"][k]) for k in weights["shipped"])
+    # other data order and other reading pages, the same training problems (held-out sets exclude seed 0's)
+    configs = [train_config(r, "vtc", tmp_path, tmp_path, tmp_path, stage=s) for r in (shipped, other) for s in (0, 1)]
+    assert [c.seed for c in configs] == [2, 0, 3, 1]
+    small = [BuiltinRecipe(reading_steps=2, reading_batch_size=2, model_seed=s) for s in (None, 1)]
+    texts = [build_reading_samples(r, tmp_path / f"read-{i}", "sys", processes=1).read_text()
+             for i, r in enumerate(small)]  # fmt: skip
+    assert texts[0] != texts[1]
+    assert synthetic.problems(other.problems, other.seed, other.lengths) == synthetic.problems(
+        shipped.problems, shipped.seed, shipped.lengths)
+    with pytest.raises(ValueError, match="recipe model_seed -1"):
+        BuiltinRecipe(model_seed=-1)
+    from vtcr.cli import main
+
+    assert main(["builtin", "rebuild", "--model-seed", "-1", "--out", "unused"]) != 0
+    assert "model_seed -1" in capsys.readouterr().err
+    assert main(["builtin", "rebuild", "--modes", "vtc,texts", "--out", "unused"]) != 0
+    assert "recipe modes" in capsys.readouterr().err
+
+
 class _Killed(Exception):
     pass
 

@@ -73,8 +73,13 @@ class BuiltinRecipe:
 
     arch: str = "qwen3-vl"
     size: str = "tiny"
-    seed: int = TRAIN_SEED
+    seed: int = TRAIN_SEED  # the training problems (held-out sets exclude seed 0's); by default also model_seed
     problems: int = TRAIN_PROBLEMS
+    # Seeds what is random in the models' own training -- the random-weight start, the alignment and
+    # reading stages' pages, every stage's data order -- and nothing of the task: another model_seed
+    # trains on the same problems, so the held-out set stays held out. None: `seed` (as shipped).
+    # It is how one recipe is measured over several seeds (MODEL_CARD.md).
+    model_seed: int | None = None
     lengths: tuple[int, int] = TRAIN_LENGTHS
     lines_per_segment: int = LINES_PER_SEGMENT
     # The text model's RoPE base. Qwen3-VL's own (5e6) suits head_dim 128 and 256k contexts; at
@@ -153,6 +158,9 @@ class BuiltinRecipe:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"recipe {name} {value!r}: expected an integer >= {least}")
+        if self.model_seed is not None and (isinstance(self.model_seed, bool) or not isinstance(self.model_seed, int)
+                                            or self.model_seed < 0):  # fmt: skip
+            raise ValueError(f"recipe model_seed {self.model_seed!r}: expected an integer >= 0 (or none: the recipe's seed)")
         object.__setattr__(self, "modes", tuple(self.modes))
         object.__setattr__(self, "stage2_modes", tuple(self.stage2_modes))
         unknown = [m for m in self.modes if m not in MODES_TRAINED]
@@ -163,6 +171,10 @@ class BuiltinRecipe:
             unknown = [m for m in getattr(self, name) if m not in MODES_TRAINED]
             if unknown:
                 raise ValueError(f"recipe {name} {getattr(self, name)!r}: choose from {', '.join(MODES_TRAINED)}")
+
+    @property
+    def weights_seed(self) -> int:
+        return self.seed if self.model_seed is None else self.model_seed
 
     def batch_for(self, mode: str) -> int:
         """Samples per step of the `mode` model (the same supervised tokens a step for both)."""
@@ -234,12 +246,12 @@ def init_builtin_model(recipe: BuiltinRecipe, tokenizer_file: Path, out: Path) -
     text = getattr(config, "text_config", config)
     text.rope_parameters = {**text.rope_parameters, "rope_theta": float(recipe.rope_theta)}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.seed)
+        torch.manual_seed(recipe.weights_seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(eos_token_id=list(ids.stop), pad_token_id=ids.pad, bos_token_id=ids.bos)
     meta = ModelMeta(arch=recipe.arch, size=recipe.size, render_preset=None,
                      render_config=builtin_render_config().to_dict(), created_by="vtcr builtin (init)",
-                     max_image_pixels=PAGE_PIXELS, seed=recipe.seed)  # fmt: skip
+                     max_image_pixels=PAGE_PIXELS, seed=recipe.weights_seed)  # fmt: skip
     return save_checkpoint(model.eval(), make_processor(recipe.arch, tok), out, meta, overwrite=True)
 
 
@@ -401,7 +413,7 @@ def build_reading_samples(recipe: BuiltinRecipe, folder: Path, system_prompt: st
 
     from tqdm.auto import tqdm
 
-    rng = random.Random(f"vtcr-builtin-{tag}-{recipe.seed}")
+    rng = random.Random(f"vtcr-builtin-{tag}-{recipe.weights_seed}")
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rows, jobs = [], []
     n = recipe.reading_steps * recipe.reading_batch_size if n is None else n
@@ -481,11 +493,11 @@ def train_config(recipe: BuiltinRecipe, mode: str, model_dir: Path, data_dir: Pa
     from vtcr.train import TrainConfig
 
     if stage == 0:
-        steps, lr, seed, batch = recipe.reading_steps, recipe.reading_lr, recipe.seed + 2, recipe.reading_batch_size
+        steps, lr, seed, batch = recipe.reading_steps, recipe.reading_lr, recipe.weights_seed + 2, recipe.reading_batch_size
     elif stage == 1:
-        steps, lr, seed, batch = recipe.max_steps, recipe.lr, recipe.seed, recipe.batch_for(mode)
+        steps, lr, seed, batch = recipe.max_steps, recipe.lr, recipe.weights_seed, recipe.batch_for(mode)
     else:
-        steps, lr, seed, batch = recipe.stage2_steps, recipe.stage2_lr, recipe.seed + 1, recipe.batch_for(mode)
+        steps, lr, seed, batch = recipe.stage2_steps, recipe.stage2_lr, recipe.weights_seed + 1, recipe.batch_for(mode)
     # The vision tower is aligned in the alignment stage; without one it starts random and learns
     # in the reading stage (or the fine-tuning) at a higher rate. After either it may stay frozen.
     frozen = recipe.freeze_vision_after_reading and (recipe.align_steps > 0 or (stage > 0 and recipe.reading_steps > 0))
@@ -789,7 +801,7 @@ def rebuild(
                 log(f"3/6 alignment stage (shared): the vision tower alone, {recipe.align_steps} steps of "
                     f"{recipe.align_batch_size} new pages, state-digit tokens -> the digits' embeddings")  # fmt: skip
                 align_vision(init, work / "aligned", recipe.align_steps, recipe.align_lr, recipe.align_batch_size,
-                             recipe.seed, threads=threads, progress=progress)  # fmt: skip
+                             recipe.weights_seed, threads=threads, progress=progress)  # fmt: skip
                 _stage(work, "aligned").write_text("ok\n")
             alignment = json.loads((work / "aligned" / ALIGNMENT_FILE).read_text(encoding="utf-8"))
             log(f"   aligned: {alignment['nearest_embedding_right']:.1%} of state-digit tokens nearest their digit's embedding")

@@ -24,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--out", metavar="DIR", help="weights folder to publish into (default: the package's own)")
     r.add_argument("--steps", type=int, default=defaults.max_steps, help=f"optimizer steps per model (default {defaults.max_steps})")
     r.add_argument("--problems", type=int, default=defaults.problems, help=f"training problems (default {defaults.problems})")
+    r.add_argument("--model-seed", type=int, default=None,
+                   help="seed of the models' random start and data order, the training problems unchanged "
+                        "(default: the recipe's seed, as shipped); several seeds measure one recipe's spread")
+    r.add_argument("--modes", default=",".join(defaults.modes),
+                   help=f"models to train, comma-separated (default {','.join(defaults.modes)})")
     r.add_argument("--threads", type=int, default=None, help="torch threads per model (default: the cores this process may use, split between the two models when they train side by side)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=run_rebuild)
@@ -47,7 +52,8 @@ def run_info(args: argparse.Namespace) -> int:
 def run_rebuild(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    recipe = replace(BuiltinRecipe(), max_steps=args.steps, problems=args.problems)
+    recipe = replace(BuiltinRecipe(), max_steps=args.steps, problems=args.problems, model_seed=args.model_seed,
+                     modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()))
     manifest = rebuild(weights_root(args.out), recipe, progress=not args.quiet, threads=args.threads)
     print(f"published the built-in models to {weights_root(args.out)} (recipe {manifest['recipe_key']})")
     return 0
