@@ -23,6 +23,7 @@ from vtcr.data.synthetic import (
     problems_of_length,
     problems,
     solve,
+    trace_right,
     training_questions,
 )
 
@@ -68,6 +69,21 @@ def test_the_trace_lines_show_each_step():
     assert [line_state(line) for line in p.lines()] == ["775", "749", "410"]
     assert p.answer() == "4" and p.rounds(6) == 1 and problems_of_length(19)[0].rounds(6) == 4
     assert all(1 <= len(problems_of_length(n)) <= 10 for n in range(1, 61))  # every length 1-60 occurs
+
+
+def test_trace_right_holds_only_for_every_gold_step_written_in_order():
+    for row in heldout_problems(12, seed=7, lengths=(7, 30)):
+        gold = parse_question(row["question"]).lines()
+        answer = f"</think>\n<answer>{row['answer']}</answer>"
+        assert trace_right(row["question"], "".join(gold) + answer)
+        # rounds of optical memory: each round's text starts a new turn, the lines are the same
+        assert trace_right(row["question"], "\n".join("".join(gold[i:i + 6]) for i in range(0, len(gold), 6)) + answer)
+        assert not trace_right(row["question"], "".join(gold[:-1]) + answer)  # stopped one step early
+        line = len(gold) // 2
+        wrong = gold[line][:-2] + str((int(gold[line][-2]) + 1) % 10) + "\n"  # one state digit off
+        assert not trace_right(row["question"], "".join(gold[:line] + [wrong] + gold[line + 1:]) + answer)
+        assert not trace_right(row["question"], "".join(gold[1:]) + answer)  # a step left out
+    assert trace_right("What is 2+2?", "4") is None
 
 
 def test_heldout_problems_avoid_the_training_set_and_span_the_supported_lengths():
@@ -291,6 +307,14 @@ def test_eval_without_a_model_uses_both_builtin_models(tmp_path, capsys):
         assert len(first) >= 6 and all(re.fullmatch(LINE, line) for line in first[:6])
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "vtcr-builtin" and config["engine"]["temperature"] == 0.0
+    # every row says whether its lines are the gold trace's; the summary counts those with the answer right
+    for r in rows:
+        assert r["trace_right"] == trace_right(r["question"], "".join(x["text"] for x in r["rounds"]))
+    summary = json.loads((out / "summary.json").read_text())
+    for g in summary["groups"]:
+        runs = by_mode[g["mode"]]
+        assert g["trace_right_rate"] == sum(r["trace_right"] and r["correct"] for r in runs) / len(runs)
+    assert "lines right %" in (out / "report.md").read_text()
 
 
 def test_the_shipped_vtc_model_reads_its_pages_not_their_count(tmp_path, capsys):
@@ -362,6 +386,33 @@ def test_another_model_seed_starts_from_other_weights_on_the_same_problems(tmp_p
     assert "model_seed -1" in capsys.readouterr().err
     assert main(["builtin", "rebuild", "--modes", "vtc,texts", "--out", "unused"]) != 0
     assert "recipe modes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage2", [False, True])
+def test_reading_samples_are_mixed_into_the_vtc_models_last_fine_tuning_only(stage2, tmp_path, monkeypatch):
+    """`vtc_reading_mix` fresh reading samples join the vtc model's own samples in its last stage
+    (stage 1 when the recipe has no stage 2); the standard model and any earlier stage train on
+    the build's samples alone."""
+    from dataclasses import replace
+
+    import vtcr.train
+    from vtcr.builtin.recipe import build_builtin_data, init_builtin_model, task_tokenizer, train_mode
+    from vtcr.train.data import load_samples, read_build
+
+    recipe = TINY if stage2 else replace(TINY, stage2_steps=0, stage2_modes=())
+    work = tmp_path / "work"
+    init = init_builtin_model(recipe, task_tokenizer(work / "tokenizer.json"), work / "init")
+    build_builtin_data(recipe, init, work / "data")
+    calls = []
+    monkeypatch.setattr(vtcr.train, "train", lambda config, samples=None, callbacks=(): calls.append((config, samples)))
+    for mode in ("vtc", "standard"):
+        train_mode(recipe, work, mode)
+    own = len(load_samples(read_build(work / "data"), "vtc"))
+    vtc_calls = [(c.mode, None if s is None else len(s)) for c, s in calls if c.mode == "vtc"]
+    assert vtc_calls == ([("vtc", None), ("vtc", own + 2)] if stage2 else [("vtc", own + 2)])
+    assert [s for c, s in calls if c.mode == "standard"] == [None]
+    mixed = calls[len(vtc_calls) - 1][1]
+    assert sum(s.id.startswith("read-") for s in mixed) == 2 and all(s.images for s in mixed if s.id.startswith("read-"))
 
 
 class _Killed(Exception):

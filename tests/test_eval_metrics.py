@@ -82,6 +82,19 @@ def test_exact_rate_counts_only_finished_runs_with_the_right_answer():
     assert g["avg_at_k"] == pytest.approx(2 / 3) and g["exact_rate"] == pytest.approx(1 / 3)
 
 
+def test_lines_right_counts_runs_with_the_gold_trace_and_the_answer_on_generated_benchmarks_only():
+    rows = [
+        {**_row("vtc", "p1", 0, True, 1.0, "b1", 1.0, 3, [(1, 0)]), "trace_right": True},
+        {**_row("vtc", "p2", 0, True, 1.0, "b1", 1.0, 3, [(1, 0)]), "trace_right": False},  # right answer, a wrong line
+        {**_row("vtc", "p3", 0, False, 1.0, "b1", 1.0, 3, [(1, 0)]), "trace_right": True},  # every line, a wrong answer
+        {**_row("vtc", "p4", 0, False, 1.0, "b1", 1.0, 3, [(1, 0)]), "trace_right": False},
+    ]
+    (g,) = summarise(rows)["groups"]
+    assert g["trace_right_rate"] == pytest.approx(1 / 4)
+    (plain,) = summarise([_row("vtc", "p1", 0, True, 1.0, "b1", 1.0, 3, [(1, 0)])])["groups"]
+    assert plain["trace_right_rate"] is None  # no gold trace: no figure, not 0%
+
+
 def test_rows_of_unfinished_batches_are_left_out_of_amortised_latency():
     rows = [
         _row("vtc", "p1", 0, True, 2.0, "b1", 8.0, 4, [(1, 0)]),

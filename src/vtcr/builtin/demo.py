@@ -27,7 +27,8 @@ def comparison_table(summary: dict[str, Any]) -> str:
     """The eval summary's groups as a plain-text table of the figures the demo compares."""
     from vtcr.evaluate.figures import format_figure
 
-    cols = (("mode", "mode", "str"), ("exact %", "exact_rate", "pct"), ("accuracy %", "avg_at_k", "pct"), ("rounds", "rounds", "num"),
+    cols = (("mode", "mode", "str"), ("exact %", "exact_rate", "pct"), ("accuracy %", "avg_at_k", "pct"),
+            ("lines right %", "trace_right_rate", "pct"), ("rounds", "rounds", "num"),
             ("peak context", "peak_context_tokens", "int"), ("gen. tokens", "generated_tokens", "int"),
             ("latency s", "latency_s", "s"), ("finished %", "finished_rate", "pct"))  # fmt: skip
     rows = [[h for h, _, _ in cols]]

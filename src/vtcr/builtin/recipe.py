@@ -103,10 +103,11 @@ class BuiltinRecipe:
     reading_lr: float = 2e-3
     reading_pages: tuple[int, int] = (1, 3)
     reading_check_pages: int = 48  # unseen pages the rebuild writes out after the reading stage (manifest)
-    # Reading samples (fresh pages, another seed) mixed into the vtc model's stage-2 set: stage 1 fits
-    # the 693 rounds, and on held-out pages it then misreads the state's 2nd and 3rd digits about one
-    # read in six (it takes them from the wrong column); stage 2 would train reading on new pages while
-    # it keeps the task. 0 = none (the shipped recipe).
+    # Reading samples (fresh pages, another seed) mixed into the vtc model's last fine-tuning set
+    # (stage 2's when there is one, else stage 1's): fitted on its 693 rounds alone, the vtc model
+    # misreads the state copied from pages of states no training trace reaches (held-out problems
+    # longer than the trained ones); mixed in, reading on random states keeps being trained while
+    # the task is learned. 0 = none (the shipped recipe).
     vtc_reading_mix: int = 0
     # Without an alignment stage the tower starts random and learns at this multiple of the text
     # model's rate.
@@ -573,8 +574,8 @@ def train_mode(recipe: BuiltinRecipe, work: Path, mode: str, *, progress: bool =
     from vtcr.train import train
 
     previous = work / ("read" if recipe.reading_steps else "aligned" if recipe.align_steps else "init")
-    mixed = None
-    if mode == "vtc" and recipe.vtc_reading_mix and len(_stages(recipe, work, mode)) > 1:
+    mixed = None  # the last stage's samples when reading samples are mixed in
+    if mode == "vtc" and recipe.vtc_reading_mix:
         from vtcr.train.data import load_samples, read_build
 
         build = read_build(work / "data")
@@ -590,12 +591,13 @@ def train_mode(recipe: BuiltinRecipe, work: Path, mode: str, *, progress: bool =
         others = [marker for m in recipe.modes if m != mode for _, marker in _stages(recipe, work, m)]
         record = _stages(recipe, work, mode)[0][0] / WIDENED_FILE
         callbacks = (_widen_when_others_done(recipe.widen_at_step, others, widen_threads, record),)
-    for stage, (out, marker) in enumerate(_stages(recipe, work, mode), start=1):
+    stages = _stages(recipe, work, mode)
+    for stage, (out, marker) in enumerate(stages, start=1):
         if not marker.is_file():
             if stage > 1:  # stage 2 starts from stage 1's weights as they would be published (float16)
                 _half_precision(previous)
             train(train_config(recipe, mode, previous, work / "data", out, progress=progress, threads=threads, stage=stage),
-                  samples=mixed if stage > 1 else None, callbacks=callbacks if stage == 1 else ())  # fmt: skip
+                  samples=mixed if stage == len(stages) else None, callbacks=callbacks if stage == 1 else ())  # fmt: skip
             marker.write_text("ok\n")
         previous = out
 

@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--model-seed", type=int, default=None,
                    help="seed of the models' random start and data order, the training problems unchanged "
                         "(default: the recipe's seed, as shipped); several seeds measure one recipe's spread")
+    r.add_argument("--reading-mix", type=int, default=defaults.vtc_reading_mix, metavar="N",
+                   help=f"fresh reading samples (pages of random task lines -> the last state) mixed into the vtc "
+                        f"model's fine-tuning set (default {defaults.vtc_reading_mix})")
     r.add_argument("--modes", default=",".join(defaults.modes),
                    help=f"models to train, comma-separated (default {','.join(defaults.modes)})")
     r.add_argument("--threads", type=int, default=None, help="torch threads per model (default: the cores this process may use, split between the two models when they train side by side)")
@@ -53,7 +56,7 @@ def run_rebuild(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     recipe = replace(BuiltinRecipe(), max_steps=args.steps, problems=args.problems, model_seed=args.model_seed,
-                     modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()))
+                     vtc_reading_mix=args.reading_mix, modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()))
     manifest = rebuild(weights_root(args.out), recipe, progress=not args.quiet, threads=args.threads)
     print(f"published the built-in models to {weights_root(args.out)} (recipe {manifest['recipe_key']})")
     return 0

@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     for g in summary["groups"]:
         acc = "–" if g["avg_at_k"] is None else f"{format_figure(g['avg_at_k'], 'pct')}%"  # report.md's rounding
-        print(f"{g['benchmark']:<14} {g['mode']:<10} avg@{g['samples']} {acc:>6}  runs {g['runs']}")
+        lines = "" if g.get("trace_right_rate") is None else f"  every line right {format_figure(g['trace_right_rate'], 'pct')}%"
+        print(f"{g['benchmark']:<14} {g['mode']:<10} avg@{g['samples']} {acc:>6}  runs {g['runs']}{lines}")
     print(json.dumps({"out": args.out, "runs": summary["runs"], "complete": summary["complete"]}))
     return 0

@@ -164,6 +164,19 @@ def parse_question(text: str) -> Problem | None:
     return None if length is None else Problem(x=x, y=y, s=s, length=length)
 
 
+def trace_right(question: str, response: str) -> bool | None:
+    """Whether `response` writes every step of the question's trace as `Problem.lines` has it, in
+    order from the first (its task lines, those with ``->``, start with the whole gold trace);
+    None for a text that is not a task question. Stricter than a right answer, which a run can
+    reach by chance (1 in 10) after a wrong line."""
+    problem = parse_question(question)
+    if problem is None:
+        return None
+    written = [line + "\n" for line in response.splitlines() if "->" in line]
+    gold = problem.lines()
+    return written[: len(gold)] == gold
+
+
 def solve(question: str, max_steps: int = 10 * MAX_LENGTH) -> int:
     """The answer of a task question, by running the recurrence the question states until y=1 s=0
     (independently of `Problem.lines`). ValueError for a text that is not a task question."""
@@ -272,5 +285,5 @@ __all__ = [
     "HELDOUT_SEED", "TRAIN_PROBLEMS", "TRAIN_SEED", "heldout_problems", "training_questions", "MAX_LENGTH", "STOP",
     "LINES_PER_SEGMENT", "SUPPORTED_LENGTHS", "TASK_NAME", "TRAIN_LENGTHS", "Problem", "check_length",
     "first_passage", "parse_length_range", "parse_question", "problems", "problems_of_length", "random_problem", "reading_lines", "solve",
-    "STATE_GAPS", "line_state", "state_text",
+    "STATE_GAPS", "line_state", "state_text", "trace_right",
 ]  # fmt: skip

@@ -201,6 +201,17 @@ def generate_benchmark(
             for r in rows]  # fmt: skip
 
 
+def trace_right(problem: Problem, response: str) -> bool | None:
+    """For a problem of a generated benchmark: whether `response` wrote every step of its gold
+    trace right (`vtcr.data.synthetic.trace_right`); None for any other benchmark (no gold trace)."""
+    from vtcr.data import synthetic
+
+    bench = next((b for b in BENCHMARKS if b.name == problem.benchmark), None)
+    if bench is None or bench.generator != "fib10":
+        return None
+    return synthetic.trace_right(problem.question, response)
+
+
 def load_benchmark(benchmark: str | Benchmark, root: str | Path | None = None) -> list[Problem]:
     """The problems of a benchmark (a registered name, or your own `Benchmark`), in file order
     (a generated benchmark: its default problems, see `generate_benchmark`)."""

@@ -31,6 +31,7 @@ GROUP_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("rounds", "rounds", "num"),
     ("finished %", "finished_rate", "pct"),
     ("exact %", "exact_rate", "pct"),
+    ("lines right %", "trace_right_rate", "pct"),
     ("latency/problem s", "latency_s", "s"),
     ("amortised s", "amortised_latency_s", "s"),
     ("speed-up", "speedup", "x"),

@@ -5,6 +5,8 @@ Pure functions over plain dicts, so that a summary can be recomputed from `resul
 * accuracy avg@K (mean correctness over a problem's K samples, averaged over problems) and pass@K
   (a problem counts when any of its samples is right);
 * mean generated tokens, vision tokens, rounds; finished rate; error and grading-timeout counts;
+* on a generated benchmark (`builtin`), the rate of runs with every step of the gold trace written
+  right and the answer right (`trace_right_rate`);
 * latency per problem (each run's own wall time from its first request to its answer, rendering
   included) and batch-amortised (a batch's wall time divided by the runs in it: the paper's "batch
   wall time / samples"); `compute_s` is the generate + render seconds of the run alone;
@@ -115,6 +117,9 @@ def group_metrics(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         # solved: ended with a final answer that is right (avg@K also credits the last number of
         # an unfinished run, as the paper's harness does)
         "exact_rate": _mean([float(bool(r.get("finished")) and bool(r.get("correct"))) for r in rows]),
+        # generated benchmarks only (rows with `trace_right`): every step written as the gold trace
+        # has it and the answer right -- a right answer alone is 1 in 10 by chance on the built-in task
+        "trace_right_rate": _mean([float(bool(r["trace_right"]) and bool(r.get("correct"))) for r in rows if "trace_right" in r]),
         "errors": sum(1 for r in rows if r.get("error")),
         "grade_timeouts": sum(1 for r in rows if r.get("grade_reason") == "timeout"),
         "latency_s": _mean(latencies),

@@ -93,7 +93,8 @@ def render_report(summary: dict[str, Any], rows: list[dict[str, Any]], plots: li
         "image-token count of a round's prompt (the optical memory a run ended with); peak context: the "
         "largest round's prompt + generated tokens. Latency/problem: a "
         "run's wall time from its first request to its answer, rendering included; amortised: batch wall "
-        f"time / runs in the batch. Speed-up: `{BASELINE_MODE}` latency / mode latency.",
+        f"time / runs in the batch. Speed-up: `{BASELINE_MODE}` latency / mode latency. Lines right (generated "
+        "benchmarks): runs that wrote every step of the gold trace right and the answer right.",
     ]
     by_bench: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for g in summary["groups"]:

@@ -50,7 +50,9 @@ from typing import Any, Iterator
 from vtcr._io import write_text_atomic
 from vtcr.engine import iter_reason, open_backend
 from vtcr.engine.record import save_round_pages
-from vtcr.evaluate.benchmarks import DEFAULT_GENERATED, Benchmark, Problem, generate_benchmark, get_benchmark, load_benchmark
+from vtcr.evaluate.benchmarks import (
+    DEFAULT_GENERATED, Benchmark, Problem, generate_benchmark, get_benchmark, load_benchmark, trace_right,
+)  # fmt: skip
 from vtcr.evaluate.config import EvalConfig
 from vtcr.evaluate.figures import format_figure
 from vtcr.evaluate.report import write_reports
@@ -152,6 +154,9 @@ def make_row(
         "gold": problem.gold, "pred": result.pred, "correct": result.correct, "grade_reason": result.reason,
         "latency_s": data.get("seconds"), "batch_id": batch_id,
     }  # fmt: skip
+    lines_right = trace_right(problem, response)  # generated benchmarks only: every step as the gold trace
+    if lines_right is not None:
+        row["trace_right"] = lines_right
     row.update({k: v for k, v in data.items() if k not in row and k != "mode"})
     return row
 
