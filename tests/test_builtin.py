@@ -16,6 +16,7 @@ from vtcr.data import synthetic
 from vtcr.data.synthetic import (
     SUPPORTED_LENGTHS,
     TRAIN_LENGTHS,
+    first_wrong_line,
     heldout_problems,
     line_state,
     parse_length_range,
@@ -84,6 +85,29 @@ def test_trace_right_holds_only_for_every_gold_step_written_in_order():
         assert not trace_right(row["question"], "".join(gold[:line] + [wrong] + gold[line + 1:]) + answer)
         assert not trace_right(row["question"], "".join(gold[1:]) + answer)  # a step left out
     assert trace_right("What is 2+2?", "4") is None
+
+
+def test_first_wrong_line_names_the_round_line_and_kind_of_the_first_wrong_step():
+    """A run in rounds of six lines: a wrong first digit of a later round's first line is a misread
+    page ("read"); a wrong digit anywhere else a step computed wrong ("compute"); too few lines
+    "stopped"; every step right (the answer aside) None."""
+    for row in heldout_problems(6, seed=5, lengths=(13, 30)):
+        question, gold = row["question"], parse_question(row["question"]).lines()
+        rounds = ["".join(gold[i:i + 6]) for i in range(0, len(gold), 6)]
+        assert first_wrong_line(question, rounds) is None
+        assert first_wrong_line(question, rounds + ["999 (9+9)%10=8 (9+8)%10=7 ->    9      8      7\n"]) is None
+        misread = "".join([str((int(gold[6][0]) + 1) % 10) + gold[6][1:]] + gold[7:12])
+        assert first_wrong_line(question, [rounds[0], misread] + rounds[2:]) == {
+            "step": 7, "round": 2, "line": 0, "char": 0, "kind": "read"}
+        sum_digit = gold[8].index(")%10=", 10) + 5  # the new s of round 2's third line
+        wrong = gold[8][:sum_digit] + str((int(gold[8][sum_digit]) + 1) % 10) + gold[8][sum_digit + 1:]
+        assert first_wrong_line(question, [rounds[0], "".join(gold[6:8] + [wrong] + gold[9:12])]) == {
+            "step": 9, "round": 2, "line": 2, "char": sum_digit, "kind": "compute"}
+        first_line = str((int(gold[0][0]) + 1) % 10) + gold[0][1:]  # round one copies from the question
+        assert first_wrong_line(question, [first_line] + rounds[1:])["kind"] == "compute"
+        assert first_wrong_line(question, rounds[:2]) == {"step": 13, "round": 2, "line": None, "char": None,
+                                                          "kind": "stopped"}  # fmt: skip
+    assert first_wrong_line("What is 2+2?", ["4"]) is None
 
 
 def test_heldout_problems_avoid_the_training_set_and_span_the_supported_lengths():
@@ -310,11 +334,17 @@ def test_eval_without_a_model_uses_both_builtin_models(tmp_path, capsys):
     # every row says whether its lines are the gold trace's; the summary counts those with the answer right
     for r in rows:
         assert r["trace_right"] == trace_right(r["question"], "".join(x["text"] for x in r["rounds"]))
+        assert r["first_wrong"] == first_wrong_line(r["question"], [x["text"] for x in r["rounds"]])
     summary = json.loads((out / "summary.json").read_text())
     for g in summary["groups"]:
         runs = by_mode[g["mode"]]
         assert g["trace_right_rate"] == sum(r["trace_right"] and r["correct"] for r in runs) / len(runs)
-    assert "lines right %" in (out / "report.md").read_text()
+        kinds = [r["first_wrong"]["kind"] for r in runs if r["first_wrong"]]
+        assert g["first_wrong"] == {k: kinds.count(k) for k in ("read", "compute", "stopped")}
+    report = (out / "report.md").read_text()
+    assert "lines right %" in report and "First wrong line" in report
+    for g in summary["groups"]:
+        assert f"- {g['mode']}: " + ", ".join(f"{k} {g['first_wrong'][k]}" for k in ("read", "compute", "stopped")) in report
 
 
 def test_the_shipped_vtc_model_reads_its_pages_not_their_count(tmp_path, capsys):
@@ -399,7 +429,10 @@ def test_reading_samples_are_mixed_into_the_vtc_models_last_fine_tuning_only(sta
     from vtcr.builtin.recipe import build_builtin_data, init_builtin_model, task_tokenizer, train_mode
     from vtcr.train.data import load_samples, read_build
 
-    recipe = TINY if stage2 else replace(TINY, stage2_steps=0, stage2_modes=())
+    # without a stage 2: mixed samples of exactly 2 pages that answer the next line, as the recipe says
+    # and the standard model's counterpart, 3 text drills
+    recipe = TINY if stage2 else replace(TINY, stage2_steps=0, stage2_modes=(), vtc_reading_mix_pages=(2, 2),
+                                         vtc_reading_mix_target="line", standard_line_mix=3)  # fmt: skip
     work = tmp_path / "work"
     init = init_builtin_model(recipe, task_tokenizer(work / "tokenizer.json"), work / "init")
     build_builtin_data(recipe, init, work / "data")
@@ -410,9 +443,57 @@ def test_reading_samples_are_mixed_into_the_vtc_models_last_fine_tuning_only(sta
     own = len(load_samples(read_build(work / "data"), "vtc"))
     vtc_calls = [(c.mode, None if s is None else len(s)) for c, s in calls if c.mode == "vtc"]
     assert vtc_calls == ([("vtc", None), ("vtc", own + 2)] if stage2 else [("vtc", own + 2)])
-    assert [s for c, s in calls if c.mode == "standard"] == [None]
+    standard = [s for c, s in calls if c.mode == "standard"]
+    if stage2:
+        assert standard == [None]
+    else:
+        drills = [s for s in standard[0] if s.id.startswith("drill-")]
+        assert len(standard) == 1 and len(standard[0]) == len(load_samples(read_build(work / "data"), "standard")) + 3
+        assert len(drills) == 3 and not any(s.images for s in standard[0])
+        for drill in drills:  # the answer continues the last line of the user turn by one step
+            last = drill.messages[0]["content"][0]["text"].splitlines()[-1]
+            x, y, s = (int(d) for d in line_state(last))
+            assert drill.messages[1]["content"][0]["text"].startswith(f"{x}{y}{s} ({x}+{y})%10={(x + y) % 10} ")
     mixed = calls[len(vtc_calls) - 1][1]
     assert sum(s.id.startswith("read-") for s in mixed) == 2 and all(s.images for s in mixed if s.id.startswith("read-"))
+    answers = [s.messages[-1]["content"][0]["text"] for s in mixed if s.id.startswith("read-")]
+    if stage2:
+        assert all(re.fullmatch(r"\d{3}\n", a) for a in answers), answers
+    else:
+        assert all(len(s.images) == 2 for s in mixed if s.id.startswith("read-"))
+        assert all(re.fullmatch(r"\d{3} \(\d\+\d\)%10=\d \(\d\+\d\)%10=\d ->.*\n", a) for a in answers), answers
+
+
+def test_a_mixed_reading_sample_can_answer_the_whole_next_line(tmp_path, capsys):
+    """`vtc_reading_mix_target="line"`: the answer is the line a round writes after the page -- the
+    last page's state, then one step of the recurrence from it (checked here by hand), over the
+    pages `vtc_reading_mix_pages` asks for; bad page ranges and targets are refused by name."""
+    import random
+
+    from vtcr.builtin.recipe import READING_LINE_QUESTION, build_reading_samples, load_reading_samples
+    from vtcr.data.synthetic import reading_lines
+
+    recipe = BuiltinRecipe(model_seed=3)
+    build_reading_samples(recipe, tmp_path, "sys", n=20, tag="mix", processes=1, pages=(5, 7), target="line")
+    samples = load_reading_samples(tmp_path)
+    replay = random.Random("vtcr-builtin-mix-3")
+    for sample in samples:
+        pages = [reading_lines(replay) for _ in range(replay.randint(5, 7))]
+        assert len(sample.images) == len(pages) and READING_LINE_QUESTION in json.dumps(sample.messages[1])
+        x, y, s = (int(d) for d in line_state(pages[-1][-1]))
+        z = (x + y) % 10
+        want = f"{x}{y}{s} ({x}+{y})%10={z} ({s}+{z})%10={(s + z) % 10} ->"
+        answer = sample.messages[-1]["content"][0]["text"]
+        assert answer.startswith(want) and line_state(answer) == f"{y}{z}{(s + z) % 10}", (answer, want)
+    assert {len(s.images) for s in samples} == {5, 6, 7}
+    for bad in ({"vtc_reading_mix_pages": (0, 3)}, {"vtc_reading_mix_pages": (4, 2)}, {"vtc_reading_mix_target": "lines"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            BuiltinRecipe(**bad)
+    from vtcr.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["builtin", "rebuild", "--reading-mix-pages", "3:1", "--out", "unused"])
+    assert "--reading-mix-pages" in capsys.readouterr().err
 
 
 class _Killed(Exception):

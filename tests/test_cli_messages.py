@@ -129,7 +129,8 @@ def _rows_with_half_means(shared_data) -> list[dict]:
     with token counts whose means end in .5 (138.5 generated, 82.5 vision tokens)."""
     from vtcr.engine.record import RoundRecord, RunRecord
     from vtcr.evaluate import load_benchmark
-    from vtcr.evaluate.run import make_row
+    from vtcr.evaluate.benchmarks import get_benchmark
+    from vtcr.evaluate.run import Unit, make_row
     from vtcr.grade import GradeConfig, Grader
 
     problems = load_benchmark("math500", root=shared_data / "benchmarks")[:2]
@@ -141,7 +142,7 @@ def _rows_with_half_means(shared_data) -> list[dict]:
                 record = RunRecord(question=p.question, mode=mode, model="m", answer=None, finished=True,
                                    stop_reason="answer", seconds=secs,
                                    rounds=[RoundRecord(text, gen, 1, vis, 300, 300, "stop", secs * 0.9, render_s=0.00125)])  # fmt: skip
-                rows.append(make_row(record, p, 0, mode, "b00001", grader, None))
+                rows.append(make_row(record, Unit(get_benchmark("math500"), p, 0, mode), "b00001", grader, None))
     return rows
 
 

@@ -28,7 +28,8 @@ from vtcr.evaluate import list_benchmarks, load_benchmark
 from vtcr.engine import EngineConfig
 from vtcr.evaluate.config import EvalConfig
 from vtcr.evaluate.results import read_rows
-from vtcr.evaluate.run import make_row, run_eval, unit_seed
+from vtcr.evaluate.benchmarks import get_benchmark
+from vtcr.evaluate.run import Unit, make_row, run_eval, unit_seed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytestmark = pytest.mark.slow
@@ -251,7 +252,7 @@ def test_answer_that_hangs_math_verify_is_time_limited_counted_wrong_and_logged(
                        seconds=1.0, rounds=[RoundRecord("</think> \\boxed{9^{9^{9}}}", 12, 0, 0, 40, 40, "stop", 1.0)])  # fmt: skip
     start = time.perf_counter()
     with Grader(GradeConfig(timeout_s=1.0)) as grader, caplog.at_level(logging.WARNING, logger="vtcr.grade.grader"):
-        row = make_row(record, problem, 0, "vtc", "b00001", grader, None)
+        row = make_row(record, Unit(get_benchmark("math500"), problem, 0, "vtc"), "b00001", grader, None)
     assert time.perf_counter() - start < 30
     assert (row["pred"], row["correct"], row["grade_reason"]) == ("9^{9^{9}}", False, "timeout")
     assert "timed out" in caplog.text

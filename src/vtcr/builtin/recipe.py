@@ -34,6 +34,7 @@ MANIFEST_FILE = "manifest.json"
 LOCK_NAME = ".rebuild.lock"
 WORK_NAME = ".rebuild-work"
 LINE_TOKENS = len(Problem(0, 1, 0, 1).lines()[0])  # one token per character
+MIX_TARGETS = ("state", "line")  # what a mixed reading sample answers (BuiltinRecipe.vtc_reading_mix_target)
 
 
 TOKEN_PX = 32  # Qwen3-VL: 16-px patches merged 2x2 into one vision token
@@ -109,6 +110,17 @@ class BuiltinRecipe:
     # longer than the trained ones); mixed in, reading on random states keeps being trained while
     # the task is learned. 0 = none (the shipped recipe).
     vtc_reading_mix: int = 0
+    # Pages per mixed reading sample (None: `reading_pages`). A round of a 48-step problem reads
+    # the last of 7 pages, more than the reading stage's 3 or any trained round's 5.
+    vtc_reading_mix_pages: tuple[int, int] | None = None
+    # What a mixed reading sample answers: "state" (the three digits, as the reading stage) or
+    # "line" (the whole line that follows the page: the state copied, then the step computed from
+    # it -- arithmetic on states of every kind, which the 216 problems' ~300 states do not cover).
+    vtc_reading_mix_target: str = "state"
+    # The standard model's counterpart of a "line" reading mix: drills of 1-6 random task lines
+    # given as text -> the line that follows the last one, mixed into its fine-tuning set, so that
+    # both models see arithmetic on states of every kind. 0 = none (the shipped recipe).
+    standard_line_mix: int = 0
     # Without an alignment stage the tower starts random and learns at this multiple of the text
     # model's rate.
     vision_lr_scale: float = 5.0
@@ -150,10 +162,16 @@ class BuiltinRecipe:
     def __post_init__(self) -> None:
         object.__setattr__(self, "lengths", tuple(self.lengths))
         object.__setattr__(self, "reading_pages", tuple(self.reading_pages))
-        lo, hi = self.reading_pages
-        if not 1 <= lo <= hi:
-            raise ValueError(f"reading_pages {self.reading_pages!r}: expected (min, max) with 1 <= min <= max")
-        counts = {"max_steps": 1, "problems": 1, "align_steps": 0, "reading_steps": 0, "stage2_steps": 0, "vtc_reading_mix": 0,
+        if self.vtc_reading_mix_pages is not None:
+            object.__setattr__(self, "vtc_reading_mix_pages", tuple(self.vtc_reading_mix_pages))
+        for name in ("reading_pages", "vtc_reading_mix_pages"):
+            value = getattr(self, name)
+            if value is not None and not (len(value) == 2 and all(isinstance(v, int) for v in value)
+                                          and 1 <= value[0] <= value[1]):  # fmt: skip
+                raise ValueError(f"{name} {value!r}: expected (min, max) with 1 <= min <= max")
+        if self.vtc_reading_mix_target not in MIX_TARGETS:
+            raise ValueError(f"recipe vtc_reading_mix_target {self.vtc_reading_mix_target!r}: choose from {', '.join(MIX_TARGETS)}")
+        counts = {"max_steps": 1, "problems": 1, "align_steps": 0, "reading_steps": 0, "stage2_steps": 0, "vtc_reading_mix": 0, "standard_line_mix": 0,
                   "widen_at_step": 0}
         for name, least in counts.items():  # a step or sample count the stages would silently skip or mistrain
             value = getattr(self, name)
@@ -189,6 +207,7 @@ class BuiltinRecipe:
         out = asdict(self)
         out["lengths"] = list(self.lengths)
         out["reading_pages"] = list(self.reading_pages)
+        out["vtc_reading_mix_pages"] = None if self.vtc_reading_mix_pages is None else list(self.vtc_reading_mix_pages)
         out["modes"] = list(self.modes)
         out["stage2_modes"] = list(self.stage2_modes)
         out["grouped_modes"] = list(self.grouped_modes)
@@ -277,6 +296,8 @@ def build_builtin_data(recipe: BuiltinRecipe, model_dir: Path, out: Path, progre
 # --- the alignment and reading stages ----------------------------------------------------------------
 
 READING_QUESTION = "Write out the state that ends the last page."
+READING_LINE_QUESTION = "Write the line that follows the last page."
+TEXT_LINE_QUESTION = "Write the line that follows these lines."
 READING_SAMPLES_FILE = "samples.jsonl"
 ALIGNMENT_FILE = "alignment.json"
 
@@ -366,15 +387,21 @@ def _reading_texts(rng: random.Random, pages: tuple[int, int]) -> list[str]:
     return ["".join(reading_lines(rng, LINES_PER_SEGMENT)) for _ in range(rng.randint(*pages))]
 
 
-def _reading_messages(system_prompt: str, texts: list[str]) -> tuple[dict[str, Any], ...]:
-    from vtcr.data.synthetic import line_state
+def _reading_messages(system_prompt: str, texts: list[str], target: str = "state") -> tuple[dict[str, Any], ...]:
+    """The messages of one reading sample: `target` "state" answers the three digits that end the
+    last page; "line" the line a round would write next (`Problem.lines` of that state, one step)."""
+    from vtcr.data.synthetic import Problem, line_state
     from vtcr.prompts import user_parts
 
     last_state = line_state(texts[-1].splitlines()[-1])
+    if target == "line":
+        question, answer = READING_LINE_QUESTION, Problem(*(int(d) for d in last_state), 1).lines()[0]
+    else:
+        question, answer = READING_QUESTION, last_state + "\n"
     return (
         {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
-        {"role": "user", "content": user_parts(READING_QUESTION, len(texts))},
-        {"role": "assistant", "content": [{"type": "text", "text": last_state + "\n"}]},
+        {"role": "user", "content": user_parts(question, len(texts))},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
     )
 
 
@@ -394,6 +421,24 @@ def reading_sample(rng: random.Random, renderer: Any, folder: Path, name: str, s
     return Sample(id=name, messages=_reading_messages(system_prompt, texts), images=tuple(paths))
 
 
+def line_drills(recipe: BuiltinRecipe, n: int) -> list[Any]:
+    """`n` text drills for the standard model (`BuiltinRecipe.standard_line_mix`): 1-6 random task
+    lines in the user turn (`reading_lines`), the line that follows the last one as the answer (as
+    a "line" reading sample answers after its pages); no system prompt, as the standard samples.
+    Seeded by the recipe's model seed."""
+    from vtcr.data.synthetic import reading_lines
+    from vtcr.train.data import Sample
+
+    rng = random.Random(f"vtcr-builtin-line-drill-{recipe.weights_seed}")
+    out = []
+    for i in range(n):
+        text = "".join(reading_lines(rng, rng.randint(1, LINES_PER_SEGMENT)))
+        answer = _reading_messages("", [text], "line")[-1]
+        user = {"role": "user", "content": [{"type": "text", "text": f"{TEXT_LINE_QUESTION}\n{text}"}]}
+        out.append(Sample(id=f"drill-{i:06d}", messages=(user, answer)))
+    return out
+
+
 def _render_reading_pages(jobs: list[tuple[str, str]]) -> int:
     """(text, png path) -> the page saved there; one worker's share of `build_reading_samples`."""
     from vtcr.render import get_renderer, save_png
@@ -405,9 +450,11 @@ def _render_reading_pages(jobs: list[tuple[str, str]]) -> int:
 
 
 def build_reading_samples(recipe: BuiltinRecipe, folder: Path, system_prompt: str, progress: bool = False,
-                          n: int | None = None, tag: str = "reading", processes: int | None = None) -> Path:  # fmt: skip
+                          n: int | None = None, tag: str = "reading", processes: int | None = None,
+                          pages: tuple[int, int] | None = None, target: str = "state") -> Path:  # fmt: skip
     """The reading stage's samples (`n`, default one per sample the stage trains on: every page is
-    new), seeded by the recipe and `tag`, written to `folder` (images/ and samples.jsonl). Returns
+    new; `pages` per sample, default the recipe's `reading_pages`; `target` as `_reading_messages`),
+    seeded by the recipe and `tag`, written to `folder` (images/ and samples.jsonl). Returns
     the samples file. The lines are drawn in order from one seeded stream, then the pages rendered
     on `processes` (default: the usable cores): the same samples for any number of processes."""
     import multiprocessing
@@ -419,10 +466,10 @@ def build_reading_samples(recipe: BuiltinRecipe, folder: Path, system_prompt: st
     rows, jobs = [], []
     n = recipe.reading_steps * recipe.reading_batch_size if n is None else n
     for i in range(n):
-        name, texts = f"read-{i:06d}", _reading_texts(rng, recipe.reading_pages)
+        name, texts = f"read-{i:06d}", _reading_texts(rng, pages or recipe.reading_pages)
         images = [f"{name}-{j}.png" for j in range(len(texts))]
         jobs.extend((text, str(folder / "images" / image)) for text, image in zip(texts, images))
-        rows.append(json.dumps({"id": name, "messages": _reading_messages(system_prompt, texts), "images": images}))
+        rows.append(json.dumps({"id": name, "messages": _reading_messages(system_prompt, texts, target), "images": images}))
     processes = max(1, processes or usable_cores())
     chunks = [jobs[i:i + 500] for i in range(0, len(jobs), 500)]
     bar = tqdm(total=len(jobs), desc=f"{tag} pages", unit="page", disable=not progress)
@@ -583,9 +630,14 @@ def train_mode(recipe: BuiltinRecipe, work: Path, mode: str, *, progress: bool =
         if not _stage(work, "mix-data").is_file():
             if mix.exists():
                 shutil.rmtree(mix)
-            build_reading_samples(recipe, mix, build.system_prompt, progress=progress, n=recipe.vtc_reading_mix, tag="mix")
+            build_reading_samples(recipe, mix, build.system_prompt, progress=progress, n=recipe.vtc_reading_mix, tag="mix",
+                                  pages=recipe.vtc_reading_mix_pages, target=recipe.vtc_reading_mix_target)  # fmt: skip
             _stage(work, "mix-data").write_text("ok\n")
         mixed = load_samples(build, "vtc") + load_reading_samples(mix)
+    elif mode == "standard" and recipe.standard_line_mix:
+        from vtcr.train.data import load_samples, read_build
+
+        mixed = load_samples(read_build(work / "data"), "standard") + line_drills(recipe, recipe.standard_line_mix)
     callbacks: tuple = ()
     if widen_threads and recipe.widen_at_step and mode in recipe.widen_modes:
         others = [marker for m in recipe.modes if m != mode for _, marker in _stages(recipe, work, m)]

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from vtcr.builtin import BuiltinRecipe, info, rebuild, weights_root
+from vtcr.builtin.recipe import MIX_TARGETS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,11 +31,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--reading-mix", type=int, default=defaults.vtc_reading_mix, metavar="N",
                    help=f"fresh reading samples (pages of random task lines -> the last state) mixed into the vtc "
                         f"model's fine-tuning set (default {defaults.vtc_reading_mix})")
+    r.add_argument("--reading-mix-pages", type=_page_range, default=defaults.vtc_reading_mix_pages, metavar="MIN:MAX",
+                   help=f"pages per mixed reading sample (default {':'.join(map(str, defaults.reading_pages))}, "
+                        "the reading stage's)")
+    r.add_argument("--reading-mix-target", choices=MIX_TARGETS, default=defaults.vtc_reading_mix_target,
+                   help="what a mixed reading sample answers: the last page's state, or the whole line that follows "
+                        f"it (the state copied, then one step computed; default {defaults.vtc_reading_mix_target})")
+    r.add_argument("--standard-line-mix", type=int, default=defaults.standard_line_mix, metavar="N",
+                   help="text drills (random task lines -> the line that follows) mixed into the standard model's "
+                        f"fine-tuning set: the counterpart of --reading-mix-target line (default {defaults.standard_line_mix})")
     r.add_argument("--modes", default=",".join(defaults.modes),
                    help=f"models to train, comma-separated (default {','.join(defaults.modes)})")
     r.add_argument("--threads", type=int, default=None, help="torch threads per model (default: the cores this process may use, split between the two models when they train side by side)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=run_rebuild)
+
+
+def _page_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition(":")
+    try:
+        pages = (int(lo), int(hi if sep else lo))
+    except ValueError:
+        pages = (0, 0)
+    if not 1 <= pages[0] <= pages[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MIN:MAX pages with 1 <= MIN <= MAX, e.g. 1:7")
+    return pages
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -56,7 +77,8 @@ def run_rebuild(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     recipe = replace(BuiltinRecipe(), max_steps=args.steps, problems=args.problems, model_seed=args.model_seed,
-                     vtc_reading_mix=args.reading_mix, modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()))
+                     vtc_reading_mix=args.reading_mix, vtc_reading_mix_pages=args.reading_mix_pages,
+                     vtc_reading_mix_target=args.reading_mix_target, standard_line_mix=args.standard_line_mix, modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()))
     manifest = rebuild(weights_root(args.out), recipe, progress=not args.quiet, threads=args.threads)
     print(f"published the built-in models to {weights_root(args.out)} (recipe {manifest['recipe_key']})")
     return 0

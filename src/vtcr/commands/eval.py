@@ -111,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
     for g in summary["groups"]:
         acc = "–" if g["avg_at_k"] is None else f"{format_figure(g['avg_at_k'], 'pct')}%"  # report.md's rounding
         lines = "" if g.get("trace_right_rate") is None else f"  every line right {format_figure(g['trace_right_rate'], 'pct')}%"
+        wrong = g.get("first_wrong")
+        if wrong:  # where the runs that left the gold trace first went wrong
+            lines += "  first wrong line: " + ", ".join(f"{kind} {n}" for kind, n in wrong.items())
         print(f"{g['benchmark']:<14} {g['mode']:<10} avg@{g['samples']} {acc:>6}  runs {g['runs']}{lines}")
     print(json.dumps({"out": args.out, "runs": summary["runs"], "complete": summary["complete"]}))
     return 0

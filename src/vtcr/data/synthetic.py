@@ -177,6 +177,36 @@ def trace_right(question: str, response: str) -> bool | None:
     return written[: len(gold)] == gold
 
 
+WRONG_LINE_KINDS = ("read", "compute", "stopped")  # what `first_wrong_line` calls each first wrong line
+
+
+def first_wrong_line(question: str, round_texts: list[str]) -> dict[str, Any] | None:
+    """Where a run written in rounds first leaves the question's gold trace: {"step" (1-based),
+    "round" (1-based), "line" (0-based, in its round), "char" (the first wrong character), "kind"}.
+    Kind "read": a round after the first wrote a wrong character among its first three, the
+    state it copies from the last page; "compute": any other wrong character (a step computed
+    wrong, or a state copied wrong from the line before); "stopped": the run wrote fewer task
+    lines than the trace has (line and char None). None when every step is right, or for a text
+    that is not a task question."""
+    problem = parse_question(question)
+    if problem is None:
+        return None
+    gold, step = problem.lines(), 0
+    for number, text in enumerate(round_texts, start=1):
+        for index, line in enumerate(ln + "\n" for ln in text.splitlines() if "->" in ln):
+            if step == len(gold):
+                return None
+            want = gold[step]
+            if line != want:
+                char = next((k for k, (a, b) in enumerate(zip(line, want)) if a != b), min(len(line), len(want)))
+                kind = "read" if number > 1 and index == 0 and char < 3 else "compute"
+                return {"step": step + 1, "round": number, "line": index, "char": char, "kind": kind}
+            step += 1
+    if step < len(gold):
+        return {"step": step + 1, "round": len(round_texts), "line": None, "char": None, "kind": "stopped"}
+    return None
+
+
 def solve(question: str, max_steps: int = 10 * MAX_LENGTH) -> int:
     """The answer of a task question, by running the recurrence the question states until y=1 s=0
     (independently of `Problem.lines`). ValueError for a text that is not a task question."""

@@ -91,6 +91,8 @@ class Problem:
     benchmark: str
 
 
+FIB10 = "fib10"  # the generator of the built-in task's benchmark (vtcr.data.synthetic): problems drawn, not read
+
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("math500", "math500/test.jsonl", "problem", "answer", id_field="unique_id"),
     Benchmark("aime25", "aime25/test.jsonl", "problem", "answer", "number", "integer", default_samples=16, id_field="id"),
@@ -101,7 +103,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("minerva_math", "minerva_math/test.jsonl", "problem", "solution", "last_boxed", id_field="idx"),
     # The built-in task (Fibonacci mod 10 with an accumulator): problems generated from
     # EvalConfig.task_seed / task_length, none of them in the built-in models' training set.
-    Benchmark("builtin", "builtin", "question", "answer", "plain", "integer", id_field="id", generator="fib10"),
+    Benchmark("builtin", "builtin", "question", "answer", "plain", "integer", id_field="id", generator=FIB10),
 )
 DEFAULT_GENERATED = 100  # problems of a generated benchmark when no limit is given
 
@@ -193,7 +195,7 @@ def generate_benchmark(
     from vtcr.data import synthetic
 
     bench = benchmark if isinstance(benchmark, Benchmark) else get_benchmark(benchmark)
-    if bench.generator != "fib10":
+    if bench.generator != FIB10:
         raise ValueError(f"benchmark {bench.name!r} is not a generated benchmark")
     seed = synthetic.HELDOUT_SEED if seed is None else seed
     rows = synthetic.heldout_problems(n, seed, synthetic.SUPPORTED_LENGTHS if lengths is None else lengths)
@@ -201,15 +203,17 @@ def generate_benchmark(
             for r in rows]  # fmt: skip
 
 
-def trace_right(problem: Problem, response: str) -> bool | None:
-    """For a problem of a generated benchmark: whether `response` wrote every step of its gold
-    trace right (`vtcr.data.synthetic.trace_right`); None for any other benchmark (no gold trace)."""
+def gold_trace_check(bench: Benchmark, problem: Problem, round_texts: list[str]) -> dict[str, Any] | None:
+    """For a problem of a generated benchmark, checked against its gold trace: {"trace_right":
+    every step written right (`vtcr.data.synthetic.trace_right`), "first_wrong": where the run
+    first left it, or None (`vtcr.data.synthetic.first_wrong_line`)}; None for any other
+    benchmark (no gold trace)."""
     from vtcr.data import synthetic
 
-    bench = next((b for b in BENCHMARKS if b.name == problem.benchmark), None)
-    if bench is None or bench.generator != "fib10":
+    if bench.generator != FIB10:
         return None
-    return synthetic.trace_right(problem.question, response)
+    return {"trace_right": synthetic.trace_right(problem.question, "".join(round_texts)),
+            "first_wrong": synthetic.first_wrong_line(problem.question, round_texts)}  # fmt: skip
 
 
 def load_benchmark(benchmark: str | Benchmark, root: str | Path | None = None) -> list[Problem]:

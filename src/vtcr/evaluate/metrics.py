@@ -21,7 +21,7 @@ cache the round ends with: what bounds memory, and what optical memory keeps sma
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Iterable, Mapping
 
 BASELINE_MODE = "standard"
@@ -94,6 +94,16 @@ def amortised_latency(rows: Iterable[Mapping[str, Any]]) -> float | None:
     return _mean(shares)
 
 
+def _first_wrong_counts(rows: list[Mapping[str, Any]]) -> dict[str, int] | None:
+    """Generated benchmarks only (rows with `first_wrong`): how many runs first left the gold trace
+    by each kind of wrong line ("read", "compute", "stopped"); None for other benchmarks."""
+    checked = [r["first_wrong"] for r in rows if "first_wrong" in r]
+    if not checked:
+        return None
+    counts = Counter(w["kind"] for w in checked if w)
+    return {kind: counts.get(kind, 0) for kind in ("read", "compute", "stopped")}
+
+
 def group_metrics(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     """The figures of one benchmark x mode group."""
     correct: dict[str, list[bool]] = defaultdict(list)
@@ -120,6 +130,7 @@ def group_metrics(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         # generated benchmarks only (rows with `trace_right`): every step written as the gold trace
         # has it and the answer right -- a right answer alone is 1 in 10 by chance on the built-in task
         "trace_right_rate": _mean([float(bool(r["trace_right"]) and bool(r.get("correct"))) for r in rows if "trace_right" in r]),
+        "first_wrong": _first_wrong_counts(rows),
         "errors": sum(1 for r in rows if r.get("error")),
         "grade_timeouts": sum(1 for r in rows if r.get("grade_reason") == "timeout"),
         "latency_s": _mean(latencies),

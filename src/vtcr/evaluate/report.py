@@ -101,6 +101,11 @@ def render_report(summary: dict[str, Any], rows: list[dict[str, Any]], plots: li
         by_bench[g["benchmark"]].append(g)
     for bench, groups in by_bench.items():
         lines += ["", f"## {bench}", ""] + _table(groups)
+        wrong = [g for g in groups if g.get("first_wrong")]
+        if wrong:  # generated benchmarks: where the runs that left the gold trace did so first
+            lines += ["", "First wrong line (runs that left the gold trace): read = a round's state copied wrong "
+                      "from its last page; compute = a step computed wrong; stopped = fewer lines than the trace.", ""]
+            lines += [f"- {g['mode']}: " + ", ".join(f"{kind} {n}" for kind, n in g["first_wrong"].items()) for g in wrong]
         timeouts = sum(g["grade_timeouts"] for g in groups)
         if timeouts:
             lines += ["", f"{timeouts} answer(s) hit the grading time limit and count as wrong."]

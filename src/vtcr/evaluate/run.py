@@ -51,7 +51,7 @@ from vtcr._io import write_text_atomic
 from vtcr.engine import iter_reason, open_backend
 from vtcr.engine.record import save_round_pages
 from vtcr.evaluate.benchmarks import (
-    DEFAULT_GENERATED, Benchmark, Problem, generate_benchmark, get_benchmark, load_benchmark, trace_right,
+    DEFAULT_GENERATED, Benchmark, Problem, generate_benchmark, get_benchmark, gold_trace_check, load_benchmark,
 )  # fmt: skip
 from vtcr.evaluate.config import EvalConfig
 from vtcr.evaluate.figures import format_figure
@@ -138,9 +138,10 @@ def image_dir(benchmark: str, mode: str, problem_id: str, sample: int) -> str:
 
 
 def make_row(
-    record: Any, problem: Problem, sample: int, mode: str, batch_id: str, grader: Any, page_files: list[list[str]] | None
+    record: Any, unit: "Unit", batch_id: str, grader: Any, page_files: list[list[str]] | None
 ) -> dict[str, Any]:
-    """The results.jsonl row of one finished run: identity, grade, then the run record."""
+    """The results.jsonl row of one finished run of `unit`: identity, grade, then the run record."""
+    problem, sample, mode = unit.problem, unit.sample, unit.mode
     data = record.to_dict()
     response = "".join(r["text"] for r in data["rounds"])
     result = grader.grade(response, problem.gold, problem.answer_type)
@@ -154,9 +155,9 @@ def make_row(
         "gold": problem.gold, "pred": result.pred, "correct": result.correct, "grade_reason": result.reason,
         "latency_s": data.get("seconds"), "batch_id": batch_id,
     }  # fmt: skip
-    lines_right = trace_right(problem, response)  # generated benchmarks only: every step as the gold trace
-    if lines_right is not None:
-        row["trace_right"] = lines_right
+    checked = gold_trace_check(unit.benchmark, problem, [r["text"] for r in data["rounds"]])
+    if checked is not None:  # generated benchmarks only: every step as the gold trace, and the first wrong one
+        row.update(checked)
     row.update({k: v for k, v in data.items() if k not in row and k != "mode"})
     return row
 
@@ -231,7 +232,7 @@ def _run_batch(
         files = None
         if save_images and record.page_images:
             files = save_round_pages(record.page_images, out, image_dir(bench.name, mode, u.problem.id, u.sample))
-        row = make_row(record, u.problem, u.sample, mode, batch_id, grader, files)
+        row = make_row(record, u, batch_id, grader, files)
         results.write(row)
         on_row(row)
     return time.perf_counter() - start
