@@ -387,15 +387,22 @@ def _reading_texts(rng: random.Random, pages: tuple[int, int]) -> list[str]:
     return ["".join(reading_lines(rng, LINES_PER_SEGMENT)) for _ in range(rng.randint(*pages))]
 
 
+def _line_after(state: str) -> str:
+    """The task line a round writes from `state` (three digits): one step of `Problem.lines`."""
+    from vtcr.data.synthetic import Problem
+
+    return Problem(*(int(d) for d in state), 1).lines()[0]
+
+
 def _reading_messages(system_prompt: str, texts: list[str], target: str = "state") -> tuple[dict[str, Any], ...]:
     """The messages of one reading sample: `target` "state" answers the three digits that end the
     last page; "line" the line a round would write next (`Problem.lines` of that state, one step)."""
-    from vtcr.data.synthetic import Problem, line_state
+    from vtcr.data.synthetic import line_state
     from vtcr.prompts import user_parts
 
     last_state = line_state(texts[-1].splitlines()[-1])
     if target == "line":
-        question, answer = READING_LINE_QUESTION, Problem(*(int(d) for d in last_state), 1).lines()[0]
+        question, answer = READING_LINE_QUESTION, _line_after(last_state)
     else:
         question, answer = READING_QUESTION, last_state + "\n"
     return (
@@ -426,15 +433,15 @@ def line_drills(recipe: BuiltinRecipe, n: int) -> list[Any]:
     lines in the user turn (`reading_lines`), the line that follows the last one as the answer (as
     a "line" reading sample answers after its pages); no system prompt, as the standard samples.
     Seeded by the recipe's model seed."""
-    from vtcr.data.synthetic import reading_lines
+    from vtcr.data.synthetic import line_state, reading_lines
     from vtcr.train.data import Sample
 
     rng = random.Random(f"vtcr-builtin-line-drill-{recipe.weights_seed}")
     out = []
     for i in range(n):
         text = "".join(reading_lines(rng, rng.randint(1, LINES_PER_SEGMENT)))
-        answer = _reading_messages("", [text], "line")[-1]
         user = {"role": "user", "content": [{"type": "text", "text": f"{TEXT_LINE_QUESTION}\n{text}"}]}
+        answer = {"role": "assistant", "content": [{"type": "text", "text": _line_after(line_state(text.splitlines()[-1]))}]}
         out.append(Sample(id=f"drill-{i:06d}", messages=(user, answer)))
     return out
 

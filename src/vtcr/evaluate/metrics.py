@@ -100,8 +100,10 @@ def _first_wrong_counts(rows: list[Mapping[str, Any]]) -> dict[str, int] | None:
     checked = [r["first_wrong"] for r in rows if "first_wrong" in r]
     if not checked:
         return None
+    from vtcr.data.synthetic import WRONG_LINE_KINDS
+
     counts = Counter(w["kind"] for w in checked if w)
-    return {kind: counts.get(kind, 0) for kind in ("read", "compute", "stopped")}
+    return {kind: counts.get(kind, 0) for kind in WRONG_LINE_KINDS}
 
 
 def group_metrics(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
