@@ -32,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"fresh reading samples (pages of random task lines -> the last state) mixed into the vtc "
                         f"model's fine-tuning set (default {defaults.vtc_reading_mix})")
     r.add_argument("--reading-mix-pages", type=_page_range, default=defaults.vtc_reading_mix_pages, metavar="MIN:MAX",
-                   help=f"pages per mixed reading sample (default {':'.join(map(str, defaults.reading_pages))}, "
-                        "the reading stage's)")
+                   help="pages per mixed reading sample (default "
+                        f"{':'.join(map(str, defaults.vtc_reading_mix_pages or defaults.reading_pages))}; "
+                        f"the reading stage's are {':'.join(map(str, defaults.reading_pages))})")
     r.add_argument("--reading-mix-target", choices=MIX_TARGETS, default=defaults.vtc_reading_mix_target,
                    help="what a mixed reading sample answers: the last page's state, or the whole line that follows "
                         f"it (the state copied, then one step computed; default {defaults.vtc_reading_mix_target})")
