@@ -390,8 +390,6 @@ def _reading_texts(rng: random.Random, pages: tuple[int, int]) -> list[str]:
 
 def _line_after(state: str) -> str:
     """The task line a round writes from `state` (three digits): one step of `Problem.lines`."""
-    from vtcr.data.synthetic import Problem
-
     return Problem(*(int(d) for d in state), 1).lines()[0]
 
 
